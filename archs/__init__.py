@@ -1,0 +1,60 @@
+"""Architecture plugins: one file per family, each registering builders by timm's names.
+
+A builder takes (num_classes, in_chans, image_size, name=<registered name>, **kw) and returns a network that
+satisfies odn.DepthPartitionable: `stem`, `blocks` (ordered), `channels` (after each block).
+Every module in this folder is imported on first use, so adding a file is all a plugin needs.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable
+
+BUILDERS: dict[str, Callable] = {}
+_discovered = False
+
+
+def register(*names: str) -> Callable:
+    """Register a builder under one or more names; a name may be registered once."""
+    def decorate(builder: Callable) -> Callable:
+        for name in names:
+            if name in BUILDERS:
+                raise ValueError(f"architecture {name!r} is already registered")
+            BUILDERS[name] = builder
+        return builder
+    return decorate
+
+
+def _discover() -> None:
+    # import lazily: plugins import timm, which costs seconds and is unneeded for `--help`
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def names() -> list[str]:
+    """Every registered architecture name, sorted."""
+    _discover()
+    return sorted(BUILDERS)
+
+
+def build(name: str, *, num_classes: int, in_chans: int, image_size: int, **kw):
+    """Build the named architecture, partitioned into blocks."""
+    _discover()
+    if name not in BUILDERS:
+        raise LookupError(f"unknown architecture {name!r}; known: {', '.join(names())}")
+    return BUILDERS[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          name=name, **kw)
+
+
+class Partition:
+    """What a builder returns: the stem, the ordered blocks and the channels after each block.
+
+    A plain holder rather than an nn.Module, so odn owns the module tree it trains and saves.
+    """
+
+    def __init__(self, stem, blocks, channels, **extras):
+        self.stem, self.blocks, self.channels = stem, list(blocks), list(channels)
+        self.__dict__.update(extras)  # optional protocol members, e.g. make_head

@@ -1,13 +1,16 @@
 """Data sets for odn, held in memory as uint8 tensors (N, C, H, W) with int64 labels.
 
 One function per data set returns a `DataSet`: the train / val / test splits plus the facts a
-model needs (classes, channels, image size, mean/std). Normalisation and batching happen later,
-on tensors, on the training device (odn.batches): per-sample PIL transforms are far too slow on
-two CPU cores (DESIGN.md §4).
+model needs (classes, channels, image size, mean/std) and the augmentation that suits it.
+Normalisation, batching and augmentation happen later, on tensors, on the training device
+(odn.batches): per-sample PIL transforms are far too slow on two CPU cores (DESIGN.md §4;
+measured in BENCHMARKS.md, "Data loading").
 
-Where files come from: torchvision's dataset classes read an existing torchvision-layout folder
-under the data root (`--data-dir`, else $ODN_DATA, else ./data) and download when online. The
-offline default `digits` ships inside scikit-learn, so it works on any machine after install.
+Names: digits (offline default), mnist, fashion_mnist, emnist (letters), svhn, cifar10, cifar100,
+stl10, and folder:<path> for a user's ImageFolder tree. Where files come from: torchvision's
+dataset classes read an existing torchvision-layout folder under the data root (`--data-dir`,
+else $ODN_DATA, else ./data) and download when online; offline with no files, one line names the
+files expected and where. `digits` ships inside scikit-learn, so it works on any machine.
 """
 from __future__ import annotations
 
@@ -17,11 +20,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
 class DataUnavailable(RuntimeError):
     """A data set could not be found on disk nor downloaded; the message says how to fix it."""
+
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
 @dataclass
@@ -36,6 +43,8 @@ class DataSet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
+    augment: Augment | None = None  # what --augment applies: crop_flip, or crop where a mirror changes the class
+    augment_by_default: bool = False  # the paper trains the grey sets without augmentation
 
 
 LOADERS: dict[str, Callable[[Path], DataSet]] = {}
@@ -52,11 +61,28 @@ def default_root() -> Path:
     return Path(os.environ.get("ODN_DATA") or "data")
 
 
-def load(name: str, root: str | Path | None = None) -> DataSet:
-    """Load a data set by name from `root` (default: $ODN_DATA, else ./data)."""
+def load(name: str, root: str | Path | None = None, *, image_size: int = 0) -> DataSet:
+    """Load a data set by name from `root` (default: $ODN_DATA, else ./data).
+
+    `folder:<path>` reads a user's ImageFolder tree instead. `image_size` > 0 resizes every image
+    to image_size × image_size (bilinear, antialiased); 0 keeps the native size.
+    """
+    if image_size < 0:
+        raise ValueError(f"--image-size must be ≥ 0, got {image_size}")
+    if name.startswith("folder:"):
+        return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size)
     if name not in LOADERS:
-        raise LookupError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name](Path(root) if root else default_root())
+        raise LookupError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}, folder:<path>")
+    dataset = LOADERS[name](Path(root) if root else default_root())
+    if image_size and dataset.train[0].shape[-2:] != (image_size, image_size):
+        resize = lambda split: (resized(split[0], image_size), split[1])
+        dataset.train, dataset.val, dataset.test = map(resize, (dataset.train, dataset.val, dataset.test))
+        dataset.image_size = image_size
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------
+# tensor helpers: layout, statistics, resizing, seeded stratified splits
 
 
 def as_nchw(images: Tensor) -> Tensor:
@@ -70,46 +96,317 @@ def as_nchw(images: Tensor) -> Tensor:
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in [0, 1] units."""
-    x = images.float().div_(255).transpose(0, 1).flatten(1)
-    return tuple(round(v, 4) for v in x.mean(1).tolist()), tuple(round(v, 4) for v in x.std(1).tolist())
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    # in chunks of ~4 M values: STL-10's train split as one float tensor would take 0.5 GB
+    for chunk in images.split(max(1, 2**22 // images[0].numel())):
+        x = chunk.float().div_(255)
+        total += x.sum((0, 2, 3), dtype=torch.float64)
+        squares += x.square().sum((0, 2, 3), dtype=torch.float64)
+    mean = total / n
+    std = ((squares - n * mean.square()) / (n - 1)).clamp_(min=0).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
-def torchvision_split(cls, root: Path, name: str, **kw):
-    """Open a torchvision data set from disk, downloading only when the files are absent."""
+def resized(images: Tensor, size: int) -> Tensor:
+    """uint8 (N, C, H, W) → uint8 (N, C, size, size), bilinear with antialiasing, in chunks."""
+    chunks = [F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
+              .round_().clamp_(0, 255).to(torch.uint8) for chunk in images.split(1024)]
+    return torch.cat(chunks)
+
+
+def stratified_split(labels: Tensor, size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded split of range(len(labels)) into (kept, held out): `size` held out, each class in proportion."""
+    n = len(labels)
+    if not 0 < size < n:
+        raise ValueError(f"cannot hold out {size} of {n} images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    counts = torch.bincount(labels)
+    share = counts.double() * size / n
+    take = share.floor().long()
+    # largest remainder: the classes with the biggest fractional share get the images still owed
+    owed = size - int(take.sum())
+    take[torch.argsort(share - take, descending=True, stable=True)[:owed]] += 1
+    # rank of each image within its class, in the shuffled order; the first `take` of a class are held out
+    shuffled = labels[order]
+    grouped = torch.argsort(shuffled, stable=True)
+    rank = torch.empty(n, dtype=torch.long)
+    rank[grouped] = torch.arange(n) - (counts.cumsum(0) - counts)[shuffled[grouped]]
+    held = rank < take[shuffled]
+    return order[~held].sort().values, order[held].sort().values
+
+
+def hold_out(x: Tensor, y: Tensor, size: int, seed: int = 0):
+    """(train, val) with a seeded stratified `size` images held out of (x, y) for validation."""
+    keep, held = stratified_split(y, size, seed)
+    return (x[keep], y[keep]), (x[held], y[held])
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation on tensors: one gather per batch on the batch's device, random numbers from the CPU generator
+
+
+def crop_flip(x: Tensor, generator: torch.Generator, flip: bool = True) -> Tensor:
+    """Random crop with padding min(H, W) // 8 (4 px at 32×32) and, if `flip`, a random horizontal flip.
+
+    x is a normalised float batch (N, C, H, W); the padding is 0 after normalisation, i.e. the data set's
+    mean colour (torchvision pads black before normalising; the two differ only in the border).
+    """
+    n, _, h, w = x.shape
+    pad = max(1, min(h, w) // 8)
+    shift = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
+    mirror = torch.rand(n, 1, generator=generator) < 0.5  # drawn even when unused: same stream either way
+    rows = shift[0].to(x.device) + torch.arange(h, device=x.device)  # (N, H) rows of the padded image
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if flip:
+        cols = torch.where(mirror.to(x.device), w - 1 - cols, cols)
+    cols = shift[1].to(x.device) + cols  # (N, W)
+    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (N, H + 2p, W + 2p, C)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+
+
+def crop(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random crop with padding only: for digits and letters, where a mirror image changes the class."""
+    return crop_flip(x, generator, flip=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision-backed sets
+
+
+def torchvision_split(cls, root: Path, name: str, folder: Path, files: list[tuple[str, str | None]],
+                      hint: str = "", **kw):
+    """Open a torchvision data set from disk, downloading only when its files are absent or corrupt.
+
+    `files` are (name, md5) under `folder`, as the torchvision class checks them: with download=False
+    torchvision still verifies the md5 of CIFAR, SVHN and STL-10 files, so a truncated copy is caught.
+    """
     try:
         return cls(root=str(root), download=False, **kw)
     except RuntimeError:
-        pass  # not on disk: try the download, which fails fast when offline
+        pass  # not on disk (or corrupt): try the download, which fails fast when offline
     try:
         return cls(root=str(root), download=True, **kw)
     except Exception as error:
+        from torchvision.datasets.utils import check_integrity
+
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        missing = [f for f, _ in files if not (folder / f).is_file()]
+        corrupt = [f for f, md5 in files if f not in missing and md5 and not check_integrity(str(folder / f), md5)]
+        if len(missing) == len(files):
+            state = f"no files under {folder} (expected {', '.join(f for f, _ in files)})"
+        else:
+            state = f"incomplete files under {folder} (missing: {', '.join(missing) or 'none'}; " \
+                    f"checksum mismatch: {', '.join(corrupt) or 'none'})"
         raise DataUnavailable(
-            f"{name}: no files under {root / cls.__name__ / 'raw'} and the download failed ({reason}); "
-            f"put torchvision's files there, point --data-dir or ODN_DATA at a folder that has them, "
-            f"or use the offline default --data digits") from None
+            f"{name}: {state} and the download failed ({reason}); put torchvision's files there{hint}, "
+            f"point --data-dir or ODN_DATA at a folder that has them, or use the offline default --data digits"
+        ) from None
 
 
-def mnist_like(cls, root: Path, name: str, mean: float, std: float) -> DataSet:
+def mnist_like(cls, root: Path, name: str, mean: float, std: float, flip: bool) -> DataSet:
     """MNIST-format sets: train = first 50,000, val = last 10,000, test = official (DESIGN.md §1)."""
-    train = torchvision_split(cls, root, name, train=True)
-    test = torchvision_split(cls, root, name, train=False)
+    files = [f"{p}-{kind}-ubyte" for p in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+    folder = root / cls.__name__ / "raw"
+    train = torchvision_split(cls, root, name, folder, [(f, None) for f in files], train=True)
+    test = torchvision_split(cls, root, name, folder, [(f, None) for f in files], train=False)
     x, y = as_nchw(train.data), train.targets.long()
     return DataSet(name, (x[:50_000], y[:50_000]), (x[50_000:], y[50_000:]),
                    (as_nchw(test.data), test.targets.long()), num_classes=len(train.classes), in_chans=1,
-                   image_size=x.shape[-1], mean=(mean,), std=(std,), classes=list(train.classes))
+                   image_size=x.shape[-1], mean=(mean,), std=(std,), classes=list(train.classes),
+                   augment=crop_flip if flip else crop)
 
 
 @loader("mnist")
 def mnist(root: Path) -> DataSet:
     from torchvision.datasets import MNIST
-    return mnist_like(MNIST, root, "mnist", 0.1307, 0.3081)
+    return mnist_like(MNIST, root, "mnist", 0.1307, 0.3081, flip=False)
 
 
 @loader("fashion_mnist")
 def fashion_mnist(root: Path) -> DataSet:
     from torchvision.datasets import FashionMNIST
-    return mnist_like(FashionMNIST, root, "fashion_mnist", 0.2860, 0.3530)
+    return mnist_like(FashionMNIST, root, "fashion_mnist", 0.2860, 0.3530, flip=True)
+
+
+@loader("emnist")
+def emnist(root: Path) -> DataSet:
+    """EMNIST letters: 26 classes (a..z, upper and lower case merged), labels 1..26 shifted to 0..25.
+
+    The reference code had no validation split (selection leaked into test, DESIGN.md §2); here a
+    seeded stratified 10 % of train is held out: 112,320 train / 12,480 val / 20,800 test.
+    Mean/std: the paper gives none, so they are computed from our train split.
+    """
+    from torchvision.datasets import EMNIST
+
+    folder = root / "EMNIST" / "raw"
+    files = [(f"emnist-letters-{s}-{kind}-ubyte", None) for s in ("train", "test")
+             for kind in ("images-idx3", "labels-idx1")]
+    hint = " (from NIST's gzip.zip: gunzip its gzip/emnist-letters-*.gz there)"
+    train, test = (torchvision_split(EMNIST, root, "emnist", folder, files, hint, split="letters", train=t)
+                   for t in (True, False))
+    # the files store each image transposed (column-major); transpose back so letters stand upright
+    images = lambda d: as_nchw(d.data.transpose(-1, -2))
+    x, y = images(train), train.targets.long() - 1
+    train_split, val_split = hold_out(x, y, len(y) // 10)
+    mean, std = channel_stats(train_split[0])
+    return DataSet("emnist", train_split, val_split, (images(test), test.targets.long() - 1), num_classes=26,
+                   in_chans=1, image_size=28, mean=mean, std=std, classes=list(train.classes[1:]), augment=crop)
+
+
+# §IV: the reference trains SVHN and CIFAR on raw [0, 1] pixels (no normalisation). We keep that, so
+# paper mode reproduces it: mean 0 / std 1 per channel. Batch norm right after the stem's first
+# conv absorbs the input scale anyway, and odn.json records (0, 1) so inference does the same.
+RAW = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+@loader("svhn")
+def svhn(root: Path) -> DataSet:
+    """SVHN digits (the 32×32 cropped format): val = last 5,000 of train (DESIGN.md §1): 68,257 / 5,000 / 26,032."""
+    from torchvision.datasets import SVHN
+
+    # torchvision puts the .mat files straight in the root it is given; we look in ROOT/SVHN, or in
+    # ROOT itself when a user already has them there
+    folder = root if (root / SVHN.split_list["train"][1]).is_file() and not (root / "SVHN").is_dir() \
+        else root / "SVHN"
+    files = [(SVHN.split_list[s][1], SVHN.split_list[s][2]) for s in ("train", "test")]
+    try:
+        train, test = (torchvision_split(SVHN, folder, "svhn", folder, files, split=s) for s in ("train", "test"))
+    except ImportError:
+        raise DataUnavailable("svhn: reading its .mat files needs scipy: pip install scipy") from None
+    x, y = torch.from_numpy(train.data), torch.from_numpy(train.labels).long()  # data is (N, 3, 32, 32)
+    return DataSet("svhn", (x[:-5000], y[:-5000]), (x[-5000:], y[-5000:]),
+                   (torch.from_numpy(test.data), torch.from_numpy(test.labels).long()), num_classes=10,
+                   in_chans=3, image_size=32, mean=RAW[0], std=RAW[1], classes=[str(c) for c in range(10)],
+                   augment=crop, augment_by_default=True)
+
+
+def cifar(cls, root: Path, name: str) -> DataSet:
+    """CIFAR-10/100: val = last 5,000 of train (as for SVHN): 45,000 / 5,000 / 10,000."""
+    folder = root / cls.base_folder
+    files = [(f, md5) for f, md5 in cls.train_list + cls.test_list] + [(cls.meta["filename"], cls.meta["md5"])]
+    train, test = (torchvision_split(cls, root, name, folder, files, train=t) for t in (True, False))
+    images = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) → NCHW
+    x, y = images(train), torch.tensor(train.targets)
+    return DataSet(name, (x[:-5000], y[:-5000]), (x[-5000:], y[-5000:]), (images(test), torch.tensor(test.targets)),
+                   num_classes=len(train.classes), in_chans=3, image_size=32, mean=RAW[0], std=RAW[1],
+                   classes=list(train.classes), augment=crop_flip, augment_by_default=True)
+
+
+@loader("cifar10")
+def cifar10(root: Path) -> DataSet:
+    from torchvision.datasets import CIFAR10
+    return cifar(CIFAR10, root, "cifar10")
+
+
+@loader("cifar100")
+def cifar100(root: Path) -> DataSet:
+    from torchvision.datasets import CIFAR100
+    return cifar(CIFAR100, root, "cifar100")
+
+
+@loader("stl10")
+def stl10(root: Path) -> DataSet:
+    """STL-10's labelled images, 96×96: a seeded stratified 500 of the 5,000 train held out: 4,500 / 500 / 8,000.
+
+    torchvision checks all five binaries, the 2.6 GB unlabeled_X.bin included, on every load (md5).
+    Mean/std are computed from our train split.
+    """
+    from torchvision.datasets import STL10
+
+    folder = root / STL10.base_folder
+    files = [(f, md5) for f, md5 in STL10.train_list + STL10.test_list]
+    train, test = (torchvision_split(STL10, root, "stl10", folder, files, split=s) for s in ("train", "test"))
+    x, y = torch.from_numpy(train.data), torch.from_numpy(train.labels).long()  # data is (N, 3, 96, 96)
+    train_split, val_split = hold_out(x, y, 500)
+    mean, std = channel_stats(train_split[0])
+    classes = getattr(train, "classes", None) or \
+        ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    return DataSet("stl10", train_split, val_split, (torch.from_numpy(test.data), torch.from_numpy(test.labels).long()),
+                   num_classes=10, in_chans=3, image_size=96, mean=mean, std=std, classes=list(classes),
+                   augment=crop_flip, augment_by_default=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# a user's own images
+
+
+def image_folder(path: Path, image_size: int = 0) -> DataSet:
+    """An ImageFolder tree: PATH/train/<class>/<image>, optional PATH/val/ and PATH/test/ alike.
+
+    Missing val/ or test/ are held out of train/, seeded and stratified: test 20 %, val 10 % of train/.
+    Grey when every image is grey (16-bit grey scaled to 8 bits), else RGB (alpha dropped). Images of
+    different sizes need `image_size`; resizing squashes to image_size × image_size, no crop.
+    Mean/std come from the train split; augmentation (crop + flip) is off unless asked for.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    name = f"folder:{path}"
+    if not (path / "train").is_dir():
+        raise DataUnavailable(f"{name}: no folder {path / 'train'}; expected {path}/train/<class>/<image> "
+                              f"({', '.join(e[1:] for e in IMG_EXTENSIONS)}), optionally val/ and test/ beside it")
+    try:
+        classes, class_to_idx = find_classes(str(path / "train"))
+        samples = {"train": make_dataset(str(path / "train"), class_to_idx, IMG_EXTENSIONS)}
+        for split in ("val", "test"):
+            if (path / split).is_dir():
+                extra = sorted(set(find_classes(str(path / split))[0]) - set(classes))
+                if extra:
+                    raise DataUnavailable(f"{name}: {split}/ has classes that train/ lacks: {', '.join(extra)}")
+                samples[split] = make_dataset(str(path / split), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as error:  # no class folders, or a class without images
+        raise DataUnavailable(f"{name}: {str(error).splitlines()[0]}") from None
+
+    from PIL import Image
+
+    headers = {}
+    for split_samples in samples.values():
+        for file, _ in split_samples:
+            with Image.open(file) as image:
+                headers[file] = image.mode, image.size
+    grey = all(mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") for mode, _ in headers.values())
+    sizes = sorted({size for _, size in headers.values()})
+    if not image_size and len(sizes) > 1:
+        shown = ", ".join(f"{w}×{h}" for w, h in sizes[:3])
+        raise DataUnavailable(f"{name}: images differ in size ({shown}{', …' if len(sizes) > 3 else ''}); "
+                              "pass --image-size N to resize them all to N×N")
+    width, height = (image_size, image_size) if image_size else sizes[0]
+    read = lambda split: read_images(samples[split], grey, (width, height)) if split in samples else None
+    train, val, test = read("train"), read("val"), read("test")
+    n = len(train[1])
+    if test is None:
+        test, train = split_off(train, round(0.2 * n))
+    if val is None:
+        val, train = split_off(train, round(0.1 * n))
+    mean, std = channel_stats(train[0])
+    return DataSet(name, train, val, test, num_classes=len(classes), in_chans=1 if grey else 3,
+                   image_size=max(width, height), mean=mean, std=std, classes=classes, augment=crop_flip)
+
+
+def split_off(split: tuple[Tensor, Tensor], size: int):
+    """(held out, rest) of a split, seeded and stratified; at least one image held out."""
+    (rest, held) = hold_out(*split, max(1, size))
+    return held, rest
+
+
+def read_images(samples: list[tuple[str, int]], grey: bool, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Decode image files into uint8 (N, C, H, W), resized to `size` = (W, H) where they differ."""
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    width, height = size
+    x = torch.empty((len(samples), 1 if grey else 3, height, width), dtype=torch.uint8)
+    for i, (file, _) in enumerate(samples):
+        with Image.open(file) as image:
+            if image.mode.startswith("I"):  # 16-bit grey (scans, microscopy): 0..65535 → 0..255
+                image = image.convert("I").point(lambda v: v / 257)
+            image = image.convert("L" if grey else "RGB")
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            x[i] = pil_to_tensor(image)
+    return x, torch.tensor([label for _, label in samples], dtype=torch.long)
 
 
 @loader("digits")
@@ -132,4 +429,4 @@ def digits(root: Path) -> DataSet:
     pick = lambda i: (x[torch.from_numpy(i)], labels[torch.from_numpy(i)])
     mean, std = channel_stats(pick(train)[0])
     return DataSet("digits", pick(train), pick(val), pick(test), num_classes=10, in_chans=1, image_size=8,
-                   mean=mean, std=std, classes=[str(c) for c in range(10)])
+                   mean=mean, std=std, classes=[str(c) for c in range(10)], augment=crop)

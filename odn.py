@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -151,7 +151,8 @@ def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return (x - x.new_tensor(mean).view(shape)) / x.new_tensor(std).view(shape)
 
 
-def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.Generator | None = None):
+def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.Generator | None = None,
+            memory_format: torch.memory_format = torch.contiguous_format):
     """Yield normalised (x, y) batches; shuffled when a generator is given."""
     n = len(x)
     order = torch.randperm(n, generator=generator).to(x.device) if generator is not None else None
@@ -162,31 +163,47 @@ def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.
             break  # batch-norm cannot train on a single image
         if generator is not None and data.augment is not None:
             xb = data.augment(xb, generator)
-        yield xb, yb
+        yield (xb.contiguous(memory_format=memory_format) if xb.dim() == 4 else xb), yb
 
 
 @torch.inference_mode()
 def accuracy(model: Callable[[Tensor], Tensor], split: tuple[Tensor, Tensor], data: Data,
-             batch_size: int = 1000) -> float:
-    """Exact fraction correct (the reference rounded to 0.1 pt during the search)."""
+             batch_size: int = 1000) -> float | list[float]:
+    """Exact fraction correct (the reference rounded to 0.1 pt during the search).
+
+    A model that returns stacked logits of several heads (heads, batch, classes) gets one per head.
+    """
     x, y = split
-    correct = torch.zeros((), dtype=torch.long, device=y.device)
+    correct = 0
     for xb, yb in batches(x, y, batch_size, data):
-        correct += (model(xb).argmax(1) == yb).sum()
-    return correct.item() / len(y)
+        correct = correct + (model(xb).argmax(-1) == yb).sum(-1)
+    return (correct.double() / len(y)).tolist()
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware has it (CPUs, Ampere+ GPUs); fp16 (with loss scaling) on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.optim.Optimizer,
-                data: Data, batch_size: int, generator: torch.Generator,
+                data: Data, s: Settings, generator: torch.Generator,
                 on_batch: Callable[[int], None] | None = None) -> tuple[float, int]:
-    """One pass over the training split; returns (mean loss, images seen). One host sync."""
-    total, images = torch.zeros(()), 0
-    for xb, yb in batches(*data.train, batch_size, data, generator):
-        loss = loss_fn(xb, yb)
+    """One pass over the training split; returns (mean loss, images seen). One host sync per epoch."""
+    device = data.train[0].device
+    dtype = amp_dtype(device) if s.amp else torch.float32
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    total, images = torch.zeros((), device=device), 0
+    for xb, yb in batches(*data.train, s.batch_size, data, generator, memory_format):
+        with torch.autocast(device.type, dtype=dtype, enabled=s.amp):
+            loss = loss_fn(xb, yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total = total.to(loss.device) + loss.detach() * len(yb)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach().float() * len(yb)
         images += len(yb)
         if on_batch:
             on_batch(len(yb))
@@ -211,7 +228,12 @@ class Settings:
     max_depth: int = 0  # 0 = every block
     tolerance: float = 0.0
     max_epochs: int = 0  # 0 = no cap; otherwise the most epochs of one search or fine-tune phase
+    reject_margin: float = 0.005  # early/carry: a stalled depth this far below target is rejected
+    baseline: bool = False  # also train the full depth from the same initial weights (Table I's full row)
     seed: int = 0
+    amp: bool = False  # bf16 autocast (fp16 + loss scaling where bf16 is missing)
+    channels_last: bool = False
+    compile: bool = False
 
     def check(self, blocks: int) -> None:
         if not 0 < self.target <= 1:
@@ -227,7 +249,7 @@ class Settings:
 @dataclass
 class Phase:
     """One phase of the run and what it cost; serialisable, so a run can be recorded and resumed."""
-    name: str  # warmup | search | finetune
+    name: str  # warmup | search | finetune | baseline
     depth: int
     lr: float
     epochs: int = 0
@@ -262,10 +284,10 @@ class Result:
     target_reached: bool
     val_accuracy: float
     phases: list[Phase]
-    weights: dict[int, dict[str, Tensor]]  # best weights of each depth trained, as `Extracted` keys
+    weights: dict[int | str, dict[str, Tensor]]  # best weights per depth trained (+ "baseline"), `Extracted` keys
     warmup_weights: dict[str, Tensor]
     macs: list[int]  # forward multiply-adds per image at depth 1..N
-    history: list[dict] = field(default_factory=list)
+    baseline: Phase | None = None  # the full depth trained alone, when asked for; not part of the cost
 
     @property
     def cost(self) -> dict[str, float]:
@@ -287,12 +309,12 @@ def warmup(net: DepthNet, data: Data, s: Settings, depth: int, macs: list[int], 
     for epoch in range(s.warmup_epochs):
         start = time.perf_counter()
         net.train()
-        loss, images = train_epoch(loss_fn, optimizer, data, s.batch_size, generator,
+        loss, images = train_epoch(loss_fn, optimizer, data, s, generator,
                                    lambda n: emit({"event": "batch", "images": n}))
         lr = optimizer.param_groups[0]["lr"]
         schedule.step()
         net.eval()
-        val = [accuracy(lambda x, d=d: net(x, d), data.val, data) for d in range(1, depth + 1)]
+        val = accuracy(lambda x: torch.stack(net.forward_all(x, depth)), data.val, data)  # every head, one pass
         # one pass through every block feeds every head: the cost of one full-depth forward
         account(phase, images, macs[depth - 1], time.perf_counter() - start)
         phase.best_val = max(phase.best_val, max(val))
@@ -308,17 +330,17 @@ def account(phase: Phase, images: int, macs: int, seconds: float) -> None:
     phase.seconds += seconds
 
 
-def train_until_converged(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.Optimizer,
-                          s: Settings, macs: int, generator: torch.Generator,
-                          emit: Callable[[dict], None]) -> dict[str, Tensor]:
-    """Train at one depth until the plateau rule says converged; returns the best-validation weights."""
-    d = phase.depth
+def train_phase(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.Optimizer, s: Settings,
+                macs: int, generator: torch.Generator, emit: Callable[[dict], None],
+                stop: Callable[[Phase, Settings], bool] | None = None) -> dict[str, Tensor]:
+    """Train at one depth until `stop` (default: the plateau rule's convergence); returns the best weights."""
+    d, stop = phase.depth, stop or converged
     best = net.state_at(d)
     loss_fn = lambda x, y: F.cross_entropy(net(x, d), y)
-    while not phase.converged:
+    while not stop(phase, s):
         start = time.perf_counter()
         net.train()
-        loss, images = train_epoch(loss_fn, optimizer, data, s.batch_size, generator,
+        loss, images = train_epoch(loss_fn, optimizer, data, s, generator,
                                    lambda n: emit({"event": "batch", "images": n}))
         net.eval()
         val = accuracy(lambda x: net(x, d), data.val, data)
@@ -336,7 +358,8 @@ def train_until_converged(net: DepthNet, phase: Phase, data: Data, optimizer: to
     return best
 
 
-# a strategy prepares the network for the next depth and returns the LR to start it with
+# a strategy is two plain functions: `start` prepares the network for a depth and returns the LR
+# to begin with; `stop` says after each epoch whether the phase is over
 
 
 def restart_from_warmup(net: DepthNet, depth: int, first: bool, warm: dict[str, Tensor], s: Settings) -> float:
@@ -349,7 +372,44 @@ def restart_from_warmup(net: DepthNet, depth: int, first: bool, warm: dict[str, 
     return s.lr if first else s.lr / 2
 
 
-STRATEGIES: dict[str, Callable[..., float]] = {"paper": restart_from_warmup}
+def keep_converged(net: DepthNet, depth: int, first: bool, warm: dict[str, Tensor], s: Settings) -> float:
+    """Keep what the shallower depth learned; only the new block and its head come from warm-up.
+
+    The reference throws the converged depth away; the net still holds its best weights here.
+    """
+    if first:
+        return restart_from_warmup(net, depth, first, warm, s)
+    fresh = (f"blocks.{depth - 1}.", f"heads.{depth - 1}.")
+    net.load_state_dict({k: v for k, v in warm.items() if k.startswith(fresh)}, strict=False)
+    return s.lr / 2
+
+
+def converged(phase: Phase, s: Settings) -> bool:
+    """The paper's rule: every phase runs until 23 epochs bring no new best."""
+    return phase.converged
+
+
+def decided(phase: Phase, s: Settings) -> bool:
+    """Stop as soon as the outcome is known, not when the curve is flat.
+
+    Accept the moment a depth meets the target — fine-tuning trains it to convergence anyway, and
+    the paper's rule would accept that same depth. Reject once two LR decays (2 × lr_patience
+    epochs) brought no gain while the depth is still `reject_margin` below target: at 0.6² of
+    its LR a stalled depth rarely climbs another half point. Fine-tuning ends after those same two
+    fruitless decays.
+    """
+    stale = phase.since_best >= 2 * s.lr_patience
+    if phase.converged or phase.name != "search":
+        return phase.converged or stale
+    goal = s.target - s.tolerance
+    return phase.best_val >= goal or (stale and phase.best_val < goal - s.reject_margin)
+
+
+STRATEGIES: dict[str, tuple[Callable[..., float], Callable[[Phase, Settings], bool]]] = {
+    "paper": (restart_from_warmup, converged),
+    "early": (restart_from_warmup, decided),
+    "carry": (keep_converged, decided),
+}
 
 
 def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], None] | None = None) -> Result:
@@ -361,31 +421,47 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
     """
     s.check(net.max_depth)
     emit = on_event or (lambda record: None)
+    start, stop = STRATEGIES[s.strategy]
     torch.manual_seed(s.seed)
     generator = torch.Generator().manual_seed(s.seed)
     last = s.max_depth or net.max_depth
     net.to(data.train[0].device).eval()  # eval: batch-norm cannot count a batch of one in training mode
     sample = normalise(data.train[0][:1], data.mean, data.std)
     macs = [forward_macs(lambda x, d=d: net(x, d), sample) for d in range(1, net.max_depth + 1)]
+    if s.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if s.compile:
+        for module in (net.stem, *net.blocks, *net.heads):
+            module.compile()  # per module, so no recompilation for each depth
     phases, weights = [], {}
 
-    def finish(phase: Phase, state: dict[str, Tensor]) -> None:
-        phases.append(phase)
+    def finish(phase: Phase, state: dict[str, Tensor]) -> Phase:
         emit({"event": "phase", **asdict(phase), "weights": state})
+        return phase
+
+    baseline = None
+    if s.baseline:  # Table I's full-depth row: the full network trained alone, same rule, same start
+        initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        phase = Phase("baseline", net.max_depth, s.lr)
+        optimizer = sgd(net.parameters_at(net.max_depth), s.lr, s)
+        shuffle = torch.Generator().manual_seed(s.seed + 1)  # its own shuffling: the search is unchanged
+        baseline = finish(phase, train_phase(net, phase, data, optimizer, s, macs[-1], shuffle, emit))
+        weights["baseline"] = net.state_at(net.max_depth)
+        net.load_state_dict(initial)
 
     # §III-B: warm up all depths, keep the weights for every expansion
     phase = warmup(net, data, s, last, macs, generator, emit)
     warm = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    finish(phase, warm)
+    phases.append(finish(phase, warm))
 
-    # §III-C: train the shallowest depth to convergence; below target → one more block
+    # §III-C: train the shallowest depth until it stops; below target → one more block
     optimizer, reached = None, False
     for d in range(s.start_depth, last + 1):
-        lr = STRATEGIES[s.strategy](net, d, d == s.start_depth, warm, s)
+        lr = start(net, d, d == s.start_depth, warm, s)
         optimizer = sgd(net.parameters_at(d), lr, s)
         phase = Phase("search", d, lr)
-        weights[d] = train_until_converged(net, phase, data, optimizer, s, macs[d - 1], generator, emit)
-        finish(phase, weights[d])
+        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], generator, emit, stop)
+        phases.append(finish(phase, weights[d]))
         if phase.best_val >= s.target - s.tolerance:
             reached = True
             break
@@ -397,10 +473,9 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
         net.load_state_at(best.depth, weights[best.depth])
         optimizer = sgd(net.parameters_at(best.depth), optimizer.param_groups[0]["lr"], s)
     phase = Phase("finetune", best.depth, optimizer.param_groups[0]["lr"], best_val=best.best_val)
-    weights[best.depth] = train_until_converged(net, phase, data, optimizer, s, macs[best.depth - 1],
-                                                generator, emit)
-    finish(phase, weights[best.depth])
-    return Result(best.depth, reached, phase.best_val, phases, weights, warm, macs)
+    weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], generator, emit, stop)
+    phases.append(finish(phase, weights[best.depth]))
+    return Result(best.depth, reached, phase.best_val, phases, weights, warm, macs, baseline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,26 +521,30 @@ def latency_ms(model: nn.Module, sample: Tensor, repeats: int = 20) -> float:
 
 
 def report_rows(net: DepthNet, result: Result, data: Data) -> list[dict]:
-    """Table I: one row per depth trained plus the full-depth row, each measured on `data`."""
+    """Table I: one row per depth trained, then the full depth (trained alone with --baseline)."""
     full_params = count_params(extract(net, net.max_depth))
     sample = normalise(data.train[0][:1], data.mean, data.std)
-    rows = []
-    for d in sorted(result.weights) + ([] if net.max_depth in result.weights else [net.max_depth]):
+    depths = sorted(k for k in result.weights if isinstance(k, int))
+    rows = [(d, d, [p for p in result.phases if p.depth == d and p.name != "warmup"]) for d in depths]
+    if result.baseline is not None:
+        rows.append(("baseline", net.max_depth, [result.baseline]))
+    elif net.max_depth not in depths:
+        rows.append(("full", net.max_depth, []))
+    table = []
+    for key, d, phases in rows:
         model = extract(net, d)
-        trained = d in result.weights
-        if trained:
-            model.load_state_dict(result.weights[d])
-        model.eval()
-        params = count_params(model)
-        searched = [p for p in result.phases if p.depth == d and p.name != "warmup"]
-        rows.append({
-            "depth": d, "max_depth": net.max_depth, "params": params, "size_mb": size_mb(params),
-            "size_reduction": 1 - params / full_params, "macs": result.macs[d - 1],
-            "latency_ms": latency_ms(model, sample),
-            "val_accuracy": max(p.best_val for p in searched) if trained else None,
-            "test_accuracy": accuracy(model, data.test, data) if trained and data.test is not None else None,
-            "epochs": sum(p.epochs for p in searched), "chosen": d == result.depth})
-    return rows
+        if phases:
+            model.load_state_dict(result.weights[key])
+        params = count_params(model.eval())
+        table.append({
+            "depth": d, "max_depth": net.max_depth, "kind": key if isinstance(key, str) else "search",
+            "params": params, "size_mb": size_mb(params), "size_reduction": 1 - params / full_params,
+            "macs": result.macs[d - 1], "latency_ms": latency_ms(model, sample),
+            "val_accuracy": max(p.best_val for p in phases) if phases else None,
+            "test_accuracy": accuracy(model, data.test, data) if phases and data.test is not None else None,
+            "epochs": sum(p.epochs for p in phases), "train_flops": sum(p.flops for p in phases),
+            "chosen": key == result.depth})
+    return table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,9 +603,11 @@ def load(out_dir: str | Path, build: Callable[..., DepthPartitionable] | None = 
 
 HELP = {
     "arch": "architecture, a name registered in archs/ (see README)",
-    "data": "data set: digits (offline default), mnist, fashion_mnist",
+    "data": "data set: digits (offline default), mnist, fashion_mnist, emnist, svhn, cifar10, cifar100, stl10, "
+            "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/; see README)",
     "target": "target validation accuracy in (0, 1]",
-    "strategy": "how a new depth starts: paper (reload warm-up weights)",
+    "strategy": "paper (the reference protocol), early (stop a depth once its outcome is known) or "
+                "carry (early, and keep the converged weights when a block is added)",
     "warmup_epochs": "epochs of all-depth warm-up (§III-B)",
     "warmup_lr": "warm-up learning rate (cosine-annealed)",
     "lr": "search learning rate; each expansion starts at half of it",
@@ -542,7 +623,18 @@ HELP = {
     "seed": "random seed for weights and shuffling",
     "device": "auto, cpu or cuda",
     "data_dir": "data root (default: $ODN_DATA, else ./data)",
+    "image_size": "resize every image to this many pixels square (0 = native size)",
+    "augment": "random crop (+ flip where a mirror keeps the class) per training batch "
+               "(default: on for the colour sets, off for grey ones and folders, as in the paper)",
     "out": "output folder (default: runs/<arch>-<data>)",
+    "val_subset": "validate on the first this many validation images (0 = all), for quick runs",
+    "reject_margin": "early/carry: reject a stalled depth this far below the target",
+    "baseline": "also train the full depth alone with the same rule (Table I's full row, cost ratio)",
+    "amp": "bf16 autocast (fp16 with loss scaling on GPUs without bf16)",
+    "channels_last": "channels-last memory format (faster on some CPUs and GPUs: measure)",
+    "compile": "torch.compile each block",
+    "list_archs": "list every registered architecture: blocks, full-depth params and multiply-adds "
+                  "(3 channels, 10 classes, --image-size or 32 px), then exit",
 }
 
 
@@ -552,6 +644,9 @@ def cli(
     patience: int = 23, lr_patience: int = 5, lr_decay: float = 0.6, start_depth: int = 1,
     max_depth: int = 0, tolerance: float = 0.0, max_epochs: int = 0, train_subset: int = 0,
     seed: int = 0, device: str = "auto", data_dir: str = "", out: str = "",
+    image_size: int = 0, augment: bool | None = None,
+    val_subset: int = 0, reject_margin: float = 0.005, baseline: bool = False, amp: bool = False,
+    channels_last: bool = False, compile: bool = False, list_archs: bool = False,
 ) -> None:
     """Find the optimal depth of ARCH for DATA, fine-tune it, extract it and report Table I."""
     from rich.console import Console
@@ -562,10 +657,11 @@ def cli(
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 110))  # keep Table I readable in logs and pipes
-    settings = Settings(target=target, strategy=strategy, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr,
-                        lr=lr, batch_size=batch_size, patience=patience, lr_patience=lr_patience,
-                        lr_decay=lr_decay, start_depth=start_depth, max_depth=max_depth, tolerance=tolerance,
-                        max_epochs=max_epochs, seed=seed)
+    if list_archs:
+        console.print(arch_table(arch_rows(archs.names(), archs.build, image_size or 32), image_size or 32))
+        return
+    # every option named like a Settings field is that field: the CLI adds nothing of its own
+    settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     if not 0 < target <= 1:
         fail(f"--target must be in (0, 1], got {target}")
     if device == "auto":
@@ -573,7 +669,7 @@ def cli(
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {device} is not available here; use --device cpu")
     try:
-        dataset = datasets.load(data, data_dir or None)
+        dataset = datasets.load(data, data_dir or None, image_size=image_size)
         torch.manual_seed(seed)
         partition = archs.build(arch, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                                 image_size=dataset.image_size)
@@ -585,13 +681,18 @@ def cli(
     if train_subset:
         keep = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(seed))[:train_subset]
         train = (train[0][keep], train[1][keep])
+    val = (dataset.val[0][:val_subset], dataset.val[1][:val_subset]) if val_subset else dataset.val
     to = lambda split: (split[0].to(device), split[1].to(device))
-    run_data = Data(to(train), to(dataset.val), to(dataset.test), dataset.mean, dataset.std)
-    out_dir = Path(out or f"runs/{arch}-{data}")
+    augment = dataset.augment_by_default if augment is None else augment
+    run_data = Data(to(train), to(val), to(dataset.test), dataset.mean, dataset.std,
+                    dataset.augment if augment else None)
+    # folder:/a/b/shapes → runs/<arch>-folder-shapes
+    name = f"folder-{Path(data[len('folder:'):]).resolve().name}" if data.startswith("folder:") else data
+    out_dir = Path(out or f"runs/{arch}-{name}")
     facts = {"arch": arch, "data": data, "num_classes": dataset.num_classes, "in_chans": dataset.in_chans,
              "image_size": dataset.image_size, "mean": list(dataset.mean), "std": list(dataset.std),
-             "classes": dataset.classes}
-    console.print(f"[bold]odn[/] {arch} on {data}: {len(train[1]):,} train / {len(dataset.val[1]):,} val / "
+             "classes": dataset.classes, "augment": augment}
+    console.print(f"[bold]odn[/] {arch} on {data}: {len(train[1]):,} train / {len(val[1]):,} val / "
                   f"{len(dataset.test[1]):,} test images, {net.max_depth} blocks, target {target:.2%}, "
                   f"strategy {strategy}, device {device} → {out_dir}")
     try:
@@ -601,7 +702,7 @@ def cli(
                       "(warmup.safetensors, depth-*.safetensors, history.jsonl)")
         raise SystemExit(130)
     rows = report_rows(net, result, run_data)
-    record = run_record(result, rows, settings, facts, net.max_depth)
+    record = run_record(result, rows, settings, facts, net.max_depth, len(train[1]))
     model = extract(net, result.depth)
     save_weights(out_dir / "odn.safetensors", model.state_dict(),
                  {k: record[k] for k in ("arch", "data", "depth", "max_depth", "num_classes", "in_chans",
@@ -649,20 +750,21 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             progress.console.print(f"{record['name']:>8} depth {record['depth']}: best val {record['best_val']:.4f} "
                                    f"after {record['epochs']} epochs, {record['seconds']:.0f} s")
             meta = {**facts, "phase": record["name"], "depth": record["depth"]}
-            if record["name"] == "warmup":
-                save_weights(out_dir / "warmup.safetensors", weights, meta)
+            if record["name"] in ("warmup", "baseline"):
+                save_weights(out_dir / f"{record['name']}.safetensors", weights, meta)
             else:
                 save_weights(out_dir / f"depth-{record['depth']}.safetensors", weights, meta)
 
         return search(net, data, s, on_event)
 
 
-def run_record(result: Result, rows: list[dict], s: Settings, facts: dict, max_depth: int) -> dict:
+def run_record(result: Result, rows: list[dict], s: Settings, facts: dict, max_depth: int,
+               train_images: int) -> dict:
     """Everything odn.json holds: the facts to rebuild the network, its metrics and the run's cost."""
     import importlib.metadata as metadata
 
-    chosen = next(r for r in rows if r["depth"] == result.depth)
-    full = next(r for r in rows if r["depth"] == max_depth)
+    chosen = next(r for r in rows if r["chosen"])
+    full = rows[-1]  # the full depth: trained alone (--baseline), searched, or untrained
     versions = {}
     for package in ("torch", "timm", "safetensors"):
         try:
@@ -674,8 +776,13 @@ def run_record(result: Result, rows: list[dict], s: Settings, facts: dict, max_d
             "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
             "params": chosen["params"], "size_mb": chosen["size_mb"], "flops": chosen["macs"],
             "latency_ms": chosen["latency_ms"],
-            "full": {k: full[k] for k in ("params", "size_mb", "latency_ms")} | {"flops": full["macs"]},
+            "full": {k: full[k] for k in ("params", "size_mb", "latency_ms", "val_accuracy", "test_accuracy")}
+            | {"flops": full["macs"]},
             "search_cost": result.cost, "phases": [asdict(p) for p in result.phases], "rows": rows,
+            "baseline_cost": asdict(result.baseline) if result.baseline else None,
+            # measured against --baseline when it ran; else in units of one full-depth epoch
+            "cost_ratio": result.cost["flops"] / result.baseline.flops if result.baseline else None,
+            "full_depth_epoch_flops": 3.0 * result.macs[-1] * train_images,
             "settings": asdict(s), "versions": versions}
 
 
@@ -684,17 +791,48 @@ def report_table(rows: list[dict], record: dict):
     from rich.table import Table
 
     table = Table(title=f"{record['arch']} on {record['data']} (FLOPs = multiply-adds per image)")
-    for name in ("depth", "params", "size MB", "size −%", "MFLOPs", "latency ms", "epochs", "val acc", "test acc"):
+    for name in ("depth", "params", "size MB", "size −%", "MFLOPs", "latency ms", "epochs", "train TFLOP",
+                 "val acc", "test acc"):
         table.add_column(name, justify="right")
     percent = lambda v: "—" if v is None else f"{v:.2%}"
     for r in rows:
-        table.add_row(f"{r['depth']}/{r['max_depth']}" + (" ★" if r["chosen"] else ""), f"{r['params']:,}",
-                      f"{r['size_mb']:.2f}", f"{r['size_reduction']:.2%}", f"{r['macs'] / 1e6:.2f}",
-                      f"{r['latency_ms']:.2f}", str(r["epochs"] or "—"), percent(r["val_accuracy"]),
-                      percent(r["test_accuracy"]), style="bold" if r["chosen"] else None)
+        label = f"{r['depth']}/{r['max_depth']}" + {"search": "", "baseline": " full", "full": ""}[r["kind"]]
+        table.add_row(label + (" ★" if r["chosen"] else ""), f"{r['params']:,}", f"{r['size_mb']:.2f}",
+                      f"{r['size_reduction']:.2%}", f"{r['macs'] / 1e6:.2f}", f"{r['latency_ms']:.2f}",
+                      str(r["epochs"] or "—"), f"{r['train_flops'] / 1e12:.2f}" if r["epochs"] else "—",
+                      percent(r["val_accuracy"]), percent(r["test_accuracy"]),
+                      style="bold" if r["chosen"] else None)
     cost = record["search_cost"]
-    table.caption = (f"search cost: {cost['epochs']} epochs, {cost['images']:,} training images, "
-                     f"{cost['flops'] / 1e12:.2f} TFLOP, {cost['seconds']:.0f} s")
+    ratio = (f" = {record['cost_ratio']:.2f}× the full-depth baseline" if record["cost_ratio"] is not None
+             else f" ≈ {cost['flops'] / record['full_depth_epoch_flops']:.1f} full-depth epochs")
+    table.caption = (f"search cost (warm-up + search + fine-tune): {cost['epochs']} epochs, "
+                     f"{cost['images']:,} training images, {cost['flops'] / 1e12:.2f} TFLOP{ratio}, "
+                     f"{cost['seconds']:.0f} s")
+    return table
+
+
+def arch_rows(names: Sequence[str], build: Callable, image_size: int) -> list[dict]:
+    """Blocks, full-depth params and multiply-adds of each architecture, for 3×size×size and 10 classes."""
+    rows = []
+    for name in names:
+        net = DepthNet(build(name, num_classes=10, in_chans=3, image_size=image_size), 10).eval()
+        macs = forward_macs(lambda x: net(x, net.max_depth), torch.zeros(1, 3, image_size, image_size))
+        rows.append({"name": name, "blocks": net.max_depth, "params": count_params(extract(net, net.max_depth)),
+                     "macs": macs})
+    return rows
+
+
+def arch_table(rows: list[dict], image_size: int):
+    """The architectures as a rich table: a pure function of `arch_rows`."""
+    from rich.table import Table
+
+    table = Table(title=f"architectures (3×{image_size}×{image_size} input, 10 classes, full depth)")
+    for name, justify in (("arch", "left"), ("blocks", "right"), ("params", "right"), ("MFLOPs", "right")):
+        table.add_column(name, justify=justify)
+    for r in rows:
+        table.add_row(r["name"], str(r["blocks"]), f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}")
+    table.caption = ("FLOPs = multiply-adds per image. Also: wrn<d>_<k> for any d = 6n + 4, and "
+                     "timm:<timm model name> for any timm CNN, one depth per feature stage.")
     return table
 
 

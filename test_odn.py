@@ -87,7 +87,7 @@ def test_training_loop_applies_the_rule_to_the_learning_rate(monkeypatch):
     s = odn.Settings(patience=12, lr_patience=5, lr_decay=0.5, lr=0.1)
     events = []
     phase = odn.Phase("search", 1, s.lr)
-    odn.train_until_converged(net, phase, points_data(False), odn.sgd(net.parameters_at(1), s.lr, s), s,
+    odn.train_phase(net, phase, points_data(False), odn.sgd(net.parameters_at(1), s.lr, s), s,
                               macs=1, generator=torch.Generator().manual_seed(0), emit=events.append)
     lrs = [e["lr"] for e in events if e["event"] == "epoch"]
     # epochs 2..6 are stale: the LR halves after epoch 6 and after epoch 11; converged after 13
@@ -116,13 +116,13 @@ def test_search_stops_at_depth_one_on_a_linear_task():
 
 def test_every_expansion_restarts_from_the_warmup_weights_at_half_the_lr(monkeypatch):
     starts = []
-    real = odn.train_until_converged
+    real = odn.train_phase
 
     def spy(net, phase, *args, **kwargs):
         starts.append((phase.name, phase.depth, phase.lr, {k: v.clone() for k, v in net.state_dict().items()}))
         return real(net, phase, *args, **kwargs)
 
-    monkeypatch.setattr(odn, "train_until_converged", spy)
+    monkeypatch.setattr(odn, "train_phase", spy)
     s = odn.Settings(target=0.999, **QUICK)  # unreachable with 5 % label noise: every depth is tried
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True, noise=0.05), s)
     searches = [start for start in starts if start[0] == "search"]
@@ -156,6 +156,77 @@ def test_settings_are_checked():
                 dict(max_depth=2, start_depth=3)):
         with pytest.raises(ValueError):
             odn.search(net, points_data(False), odn.Settings(**bad))
+
+
+@pytest.mark.parametrize("strategy", sorted(odn.STRATEGIES))
+@pytest.mark.parametrize("xor, depth", [(True, 2), (False, 1)])
+def test_every_strategy_finds_the_known_depth(strategy, xor, depth):
+    s = odn.Settings(target=0.95, strategy=strategy, **QUICK)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=xor), s)
+    assert result.depth == depth and result.target_reached
+
+
+def test_early_rule_accepts_at_once_and_rejects_only_clear_stalls():
+    s = odn.Settings(target=0.9, lr_patience=5, reject_margin=0.01)
+    phase = odn.Phase("search", 1, 0.01, epochs=1, best_val=0.91)
+    assert odn.decided(phase, s) and not odn.converged(phase, s)  # target met: accept now
+    phase = odn.Phase("search", 1, 0.01, epochs=20, best_val=0.85, since_best=9)
+    assert not odn.decided(phase, s)  # one LR decay without gain is not enough
+    phase.since_best = 10
+    assert odn.decided(phase, s)  # two decays, 5 pt below: reject
+    phase.best_val = 0.895
+    assert not odn.decided(phase, s)  # within the margin: keep going, as the paper would
+    phase.since_best = 23
+    phase.converged = True
+    assert odn.decided(phase, s)
+    finetune = odn.Phase("finetune", 1, 0.01, epochs=12, best_val=0.95, since_best=10)
+    assert odn.decided(finetune, s)
+
+
+def test_carry_keeps_the_converged_weights_and_takes_the_new_block_from_warmup(monkeypatch):
+    starts = []
+    real = odn.train_phase
+
+    def spy(net, phase, *args, **kwargs):
+        if phase.name == "search":
+            starts.append({k: v.clone() for k, v in net.state_dict().items()})
+        return real(net, phase, *args, **kwargs)
+
+    monkeypatch.setattr(odn, "train_phase", spy)
+    s = odn.Settings(target=0.999, strategy="carry", max_depth=2, **QUICK)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True, noise=0.05), s)
+    depth2 = starts[1]
+    # block 1 is the identity in TinyNet, so depth 1 trains only its head; block 2 + head 2 are fresh
+    for key in ("blocks.1.0.weight", "heads.1.weight"):
+        assert torch.equal(depth2[key], result.warmup_weights[key])
+    # …and depth 1's converged head is still in the network when depth 2 starts
+    assert torch.equal(depth2["heads.0.weight"], result.weights[1]["head.weight"])
+
+
+def test_baseline_trains_the_full_depth_apart_from_the_search_cost():
+    s = odn.Settings(target=0.95, baseline=True, **QUICK)
+    torch.manual_seed(0)
+    with_baseline = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert with_baseline.baseline.name == "baseline" and with_baseline.baseline.depth == 3
+    assert with_baseline.baseline.best_val > 0.9 and with_baseline.baseline.flops > 0
+    assert all(p.name != "baseline" for p in with_baseline.phases)
+    # the search itself is unchanged by the baseline run (same initial weights, own shuffling)
+    torch.manual_seed(0)
+    s.baseline = False
+    alone = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.depth, p.epochs, p.best_val) for p in alone.phases] == \
+        [(p.depth, p.epochs, p.best_val) for p in with_baseline.phases]
+
+
+@pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True)])
+def test_amp_and_channels_last_train(flags):
+    torch.manual_seed(0)
+    net = odn.DepthNet(archs.build("resnet18", num_classes=10, in_chans=1, image_size=8), 10)
+    d = datasets.load("digits")
+    data = odn.Data(d.train, d.val, d.test, d.mean, d.std)
+    result = odn.search(net, data, odn.Settings(target=0.5, warmup_epochs=1, max_epochs=2, max_depth=2, lr=0.05,
+                                                **flags))
+    assert result.depth in (1, 2) and result.val_accuracy > 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,3 +411,338 @@ def test_real_mnist_depth_one_learns():
     assert result.depth == 1 and result.target_reached and result.val_accuracy >= 0.25
     # the paper's MNIST figures: depth 1 and 2 cost 58 M and 116 M multiply-adds per image
     assert [round(m / 1e6) for m in result.macs[:2]] == [58, 116]
+
+
+# ----------------------------------------------------------------------------------------------
+# ---- data sets: tiny files in each torchvision on-disk format, image folders, augmentation
+
+
+import hashlib
+import pickle
+
+from torchvision import datasets as tv
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No test may download: every torchvision download fails as it does on a machine without network."""
+    def no_network(self, *args, **kwargs):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+    for cls in (tv.MNIST, tv.FashionMNIST, tv.EMNIST, tv.SVHN, tv.CIFAR10, tv.CIFAR100, tv.STL10):
+        monkeypatch.setattr(cls, "download", no_network)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """IDX as in MNIST/EMNIST's raw files: 0x0000, type 0x08 (uint8), rank, big-endian int32 sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.contiguous().numpy().tobytes())
+
+
+def random_images(n: int, *shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_emnist_letters_shift_labels_hold_out_val_and_stand_upright(tmp_path, offline):
+    raw = tmp_path / "EMNIST" / "raw"
+    train_y, test_y = torch.arange(52) % 26 + 1, torch.arange(26) + 1  # labels 1..26 on disk
+    train_x, test_x = random_images(52, 28, 28), random_images(26, 28, 28, seed=1)
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        write_idx(raw / f"emnist-letters-{split}-images-idx3-ubyte", x)
+        write_idx(raw / f"emnist-letters-{split}-labels-idx1-ubyte", y.to(torch.uint8))
+    d = datasets.load("emnist", tmp_path)
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [47, 5, 26]  # val = 10 % of train
+    assert d.train[0].shape[1:] == (1, 28, 28) and d.train[0].dtype == torch.uint8
+    assert d.num_classes == 26 and d.classes[0] == "a" and d.classes[-1] == "z" and len(d.classes) == 26
+    assert torch.equal(d.test[1], test_y - 1)  # 1..26 → 0..25
+    assert sorted(torch.cat([d.train[1], d.val[1]]).tolist()) == sorted((train_y - 1).tolist())
+    assert torch.equal(d.test[0][:, 0], test_x.transpose(1, 2))  # files are column-major
+    assert d.mean == datasets.channel_stats(d.train[0])[0] and d.augment is datasets.crop
+    assert not d.augment_by_default
+
+
+def test_svhn_mat_files_val_is_the_last_5000(tmp_path, offline, monkeypatch):
+    sio = pytest.importorskip("scipy.io")
+    folder = tmp_path / "SVHN"
+    folder.mkdir()
+    n = 5010
+    labels = torch.arange(n) % 10 + 1  # SVHN stores the digit 0 as 10
+    x = random_images(n, 32, 32, 3)
+    sio.savemat(folder / "train_32x32.mat", {"X": x.permute(1, 2, 3, 0).numpy(), "y": labels[:, None].numpy()})
+    sio.savemat(folder / "test_32x32.mat", {"X": x[:7].permute(1, 2, 3, 0).numpy(), "y": labels[:7, None].numpy()})
+    split_list = {k: list(v) for k, v in tv.SVHN.split_list.items()}
+    with pytest.raises(datasets.DataUnavailable, match="checksum mismatch: train_32x32.mat, test_32x32.mat"):
+        datasets.load("svhn", tmp_path)  # torchvision checks md5s even with download=False
+    for split in ("train", "test"):
+        split_list[split][2] = md5(folder / split_list[split][1])
+    monkeypatch.setattr(tv.SVHN, "split_list", split_list)
+    d = datasets.load("svhn", tmp_path)
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [10, 5000, 7]
+    assert d.train[0].shape[1:] == (3, 32, 32) and d.train[0].dtype == torch.uint8
+    assert torch.equal(d.val[1], labels[10:] % 10) and torch.equal(d.train[0], x[:10].permute(0, 3, 1, 2))
+    assert d.mean == (0.0, 0.0, 0.0) and d.std == (1.0, 1.0, 1.0)  # the reference's raw pixels
+    assert d.augment is datasets.crop and d.augment_by_default  # no flip: a mirrored digit is another class
+
+
+@pytest.mark.parametrize("name, cls, classes", [("cifar10", tv.CIFAR10, 10), ("cifar100", tv.CIFAR100, 100)])
+def test_cifar_pickled_batches_val_is_the_last_5000(tmp_path, offline, monkeypatch, name, cls, classes):
+    folder = tmp_path / cls.base_folder
+    folder.mkdir()
+    label_key = "labels" if cls is tv.CIFAR10 else "fine_labels"
+    files = [f for f, _ in cls.train_list]
+    per_file = 5010 // len(files)
+    x = random_images(per_file * len(files), 3, 32, 32)
+    y = torch.arange(len(x)) % classes
+    for i, f in enumerate(files + [f for f, _ in cls.test_list]):
+        part = slice(i * per_file, (i + 1) * per_file) if i < len(files) else slice(0, 20)
+        entry = {"data": x[part].flatten(1).numpy(), label_key: y[part].tolist()}  # rows are R, G, B planes
+        (folder / f).write_bytes(pickle.dumps(entry))
+    names = [f"class{c}" for c in range(classes)]
+    (folder / cls.meta["filename"]).write_bytes(pickle.dumps({cls.meta["key"]: names}))
+    with pytest.raises(datasets.DataUnavailable, match=f"{name}: incomplete files under .*checksum mismatch: "):
+        datasets.load(name, tmp_path)
+    monkeypatch.setattr(cls, "train_list", [[f, md5(folder / f)] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, md5(folder / f)] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(folder / cls.meta["filename"])})
+    d = datasets.load(name, tmp_path)
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [len(x) - 5000, 5000, 20]
+    assert d.train[0].shape[1:] == (3, 32, 32) and d.train[0].dtype == torch.uint8
+    assert torch.equal(torch.cat([d.train[0], d.val[0]]), x) and torch.equal(d.val[1], y[-5000:])
+    assert d.num_classes == classes and d.classes == names and int(d.test[1].max()) < classes
+    assert d.augment is datasets.crop_flip and d.augment_by_default
+
+
+def test_stl10_binaries_hold_out_500_stratified(tmp_path, offline, monkeypatch):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    x, test_x = random_images(510, 3, 96, 96), random_images(8, 3, 96, 96, seed=1)
+    y = torch.arange(510) % 10 + 1  # 1..10 on disk
+    for f, array in (("train_X.bin", x), ("train_y.bin", y.to(torch.uint8)), ("test_X.bin", test_x),
+                     ("test_y.bin", torch.arange(8, dtype=torch.uint8) + 1), ("unlabeled_X.bin", x[:1])):
+        (folder / f).write_bytes(array.numpy().tobytes())
+    monkeypatch.setattr(tv.STL10, "train_list", [[f, md5(folder / f)] for f, _ in tv.STL10.train_list])
+    monkeypatch.setattr(tv.STL10, "test_list", [[f, md5(folder / f)] for f, _ in tv.STL10.test_list])
+    d = datasets.load("stl10", tmp_path)
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [10, 500, 8]
+    assert torch.bincount(d.val[1]).tolist() == [50] * 10 and torch.equal(d.test[1], torch.arange(8))
+    assert d.train[0].shape[1:] == (3, 96, 96) and d.train[0].dtype == torch.uint8
+    assert torch.equal(d.test[0], test_x.transpose(2, 3))  # the binaries are column-major too
+    assert d.classes[0] == "airplane" and d.image_size == 96 and len(d.mean) == 3
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mnist", "MNIST/raw (expected train-images-idx3-ubyte"),
+    ("emnist", "EMNIST/raw (expected emnist-letters-train-images-idx3-ubyte"),
+    ("svhn", "SVHN (expected train_32x32.mat, test_32x32.mat)"),
+    ("cifar10", "cifar-10-batches-py (expected data_batch_1"),
+    ("cifar100", "cifar-100-python (expected train, test, meta)"),
+    ("stl10", "stl10_binary (expected train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin, test_y.bin)"),
+])
+def test_offline_without_files_says_which_files_go_where(tmp_path, offline, name, expected):
+    with pytest.raises(datasets.DataUnavailable) as error:
+        datasets.load(name, tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{name}: no files under {tmp_path}/")
+    assert expected in message and "download failed" in message and "--data digits" in message
+
+
+def write_pngs(root: Path, split: str, per_class: int, mode: str, size=(10, 10), classes=("cat", "dog", "eel")):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+            pixels = random_images(1, *shape, seed=100 * c + i)[0] // 3 + 80 * c  # classes differ in brightness
+            Image.fromarray(pixels.numpy(), mode).save(root / split / name / f"{i}.png")
+
+
+def test_grey_folder_without_val_or_test_is_split_seeded_and_stratified(tmp_path):
+    write_pngs(tmp_path, "train", 10, "L")
+    d = datasets.load(f"folder:{tmp_path}")
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [21, 3, 6]  # test 20 %, val 10 % of train/
+    assert torch.bincount(d.test[1]).tolist() == [2, 2, 2] and torch.bincount(d.val[1]).tolist() == [1, 1, 1]
+    assert d.train[0].shape[1:] == (1, 10, 10) and d.train[0].dtype == torch.uint8 and d.in_chans == 1
+    assert d.classes == ["cat", "dog", "eel"] and d.num_classes == 3 and d.image_size == 10
+    assert (d.mean, d.std) == datasets.channel_stats(d.train[0])
+    assert d.augment is datasets.crop_flip and not d.augment_by_default
+    assert torch.equal(datasets.load(f"folder:{tmp_path}").test[0], d.test[0])  # the same split every time
+
+
+def test_colour_folder_with_val_and_test_and_mixed_sizes(tmp_path):
+    write_pngs(tmp_path, "train", 4, "RGB", size=(12, 9))
+    write_pngs(tmp_path, "val", 2, "RGB", size=(20, 20))
+    write_pngs(tmp_path, "test", 1, "L", size=(7, 7), classes=("dog",))  # grey images join a colour set as RGB
+    with pytest.raises(datasets.DataUnavailable, match=r"images differ in size \(7×7, 12×9, 20×20\); "
+                                                       r"pass --image-size N"):
+        datasets.load(f"folder:{tmp_path}")
+    d = datasets.load(f"folder:{tmp_path}", image_size=16)
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [12, 6, 1]
+    assert d.train[0].shape[1:] == (3, 16, 16) and d.in_chans == 3 and len(d.mean) == 3
+    assert d.test[1].tolist() == [1] and d.classes == ["cat", "dog", "eel"]
+
+
+def test_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(datasets.DataUnavailable, match=f"no folder {tmp_path}/train; expected .*/train/<class>/"):
+        datasets.load(f"folder:{tmp_path}")
+    write_pngs(tmp_path, "train", 3, "L")
+    write_pngs(tmp_path, "val", 1, "L", classes=("cat", "fox"))
+    with pytest.raises(datasets.DataUnavailable, match="val/ has classes that train/ lacks: fox"):
+        datasets.load(f"folder:{tmp_path}")
+
+
+def test_image_size_resizes_a_fixed_size_set():
+    d = datasets.load("digits", image_size=16)
+    assert d.train[0].shape[1:] == (1, 16, 16) and d.train[0].dtype == torch.uint8 and d.image_size == 16
+
+
+def test_stratified_split_holds_out_exactly_in_proportion():
+    y = torch.tensor([0] * 7 + [1] * 13 + [2] * 5)
+    kept, held = datasets.stratified_split(y, 5)
+    assert torch.bincount(y[held]).tolist() == [1, 3, 1]  # 1.4, 2.6, 1.0 by largest remainder
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(25))
+    assert torch.equal(held, datasets.stratified_split(y, 5)[1])
+
+
+@pytest.mark.parametrize("augment, flips", [(datasets.crop_flip, True), (datasets.crop, False)])
+def test_augmentation_shifts_and_flips_each_image_deterministically(augment, flips):
+    x = torch.arange(64 * 2 * 16 * 16, dtype=torch.float32).view(64, 2, 16, 16) + 1  # every pixel unique, ≠ 0
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))  # 16 // 8 = 2 pixels of padding
+    seen = set()
+    for i in range(len(x)):
+        # exactly one (shift, mirror) makes each output image, and the same for both channels
+        found = [(dy, dx, m) for dy in range(5) for dx in range(5) for m in (False, True)
+                 if torch.equal(out[i], (lambda w: w.flip(-1) if m else w)(padded[i, :, dy:dy + 16, dx:dx + 16]))]
+        assert len(found) == 1
+        seen.add(found[0])
+    assert any(m for *_, m in seen) == flips and len({(dy, dx) for dy, dx, _ in seen}) > 10
+
+
+def test_cli_runs_on_a_folder_and_names_the_classes(tmp_path):
+    write_pngs(tmp_path / "shapes", "train", 8, "RGB", size=(12, 12))
+    out = tmp_path / "run"
+    done = run_cli("--data", f"folder:{tmp_path / 'shapes'}", "--image-size", "8", "--augment", "--max-depth", "1",
+                   "--warmup-epochs", "0", "--max-epochs", "1", "--target", "0.3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "odn.json").read_text())
+    assert record["classes"] == ["cat", "dog", "eel"] and record["image_size"] == 8 and record["in_chans"] == 3
+    assert record["augment"] is True and len(record["mean"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# ---- architecture plugins (conformance): every registered name, so a new plugin file is tested with no edit
+
+BLOCKS = {"resnet18": 8, "resnet26": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "resnet152": 50,
+          "wide_resnet50_2": 16, "wide_resnet101_2": 33, "wrn16_8": 6, "wrn28_10": 12, "wrn40_2": 18, "wrn40_4": 18,
+          "mobilenetv1_100": 13, "mobilenetv2_100": 17, "mobilenetv3_small_100": 12, "mobilenetv3_large_100": 16,
+          "efficientnet_b0": 16, "convnext_atto": 12, "convnext_nano": 14, "vit_tiny_patch16_224": 12}
+# full depth, one head, 10 classes: the WRN paper's counts; the others equal timm's stock model with 10 classes
+PARAMS = {(3, 32): {"wrn16_8": 10_963_162, "wrn40_2": 2_243_994, "wrn28_10": 36_481_434,
+                    "mobilenetv2_100": 2_236_682, "vit_tiny_patch16_224": 5_362_762},
+          (1, 28): {"resnet18": 11_172_810}}
+# over 20 M parameters: extract (a deep copy) and compare logits at depths 1 and N only, not at every depth
+BIG = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "wrn28_10"}
+
+
+@pytest.fixture
+def one_thread():
+    # batch-2 inputs on a shared 2-core machine: a second thread spins more than it helps (measured:
+    # mobilenetv2_100 at 28 px, 2.3 s a forward with 2 threads under load, 8 ms with 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("in_chans, size", [(1, 28), (3, 32)])
+@pytest.mark.parametrize("name", archs.names())
+def test_plugin_conformance(name, in_chans, size):
+    torch.manual_seed(0)
+    partition = archs.build(name, num_classes=10, in_chans=in_chans, image_size=size)
+    net = odn.DepthNet(partition, 10)
+    n = net.max_depth
+    assert n == BLOCKS.get(name, n) and n >= 1
+    if name in PARAMS[(in_chans, size)]:
+        assert odn.count_params(odn.extract(net, n)) == PARAMS[(in_chans, size)][name]
+    x = torch.randn(2, in_chans, size, size)
+    # full depth computes what timm's own forward computes
+    net.eval()
+    with torch.no_grad():
+        features = net.stem(x)
+        for block in net.blocks:
+            features = block(features)
+        if hasattr(partition, "reference"):
+            assert (features - partition.reference(x)).abs().max() <= 1e-5
+    # every depth runs forward and backward: one pass feeds every head, so every parameter gets a gradient
+    net.train()
+    sum(nn.functional.cross_entropy(logits, torch.tensor([0, 1])) for logits in net.forward_all(x, n)).backward()
+    for parameter in net.parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
+    # extract(d) is stem + d blocks + head d, with the multi-head model's logits
+    net.eval()
+    for d in (1, n) if name in BIG else range(1, n + 1):
+        model = odn.extract(net, d).eval()
+        assert odn.count_params(model) == sum(odn.count_params(m) for m in net.parts(d))
+        with torch.no_grad():
+            assert torch.allclose(model(x), net(x, d), atol=1e-6)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_plugin_copes_with_8_pixel_digits():
+    x = torch.randn(2, 1, 8, 8)
+    for name in archs.names():
+        if name in BIG:
+            continue  # same code path as their smaller siblings, and seconds each to build
+        net = odn.DepthNet(archs.build(name, num_classes=10, in_chans=1, image_size=8), 10).eval()
+        with torch.no_grad():
+            assert net(x, net.max_depth).shape == (2, 10), name
+
+
+def test_wrn_names_are_parsed_and_checked():
+    assert odn.DepthNet(archs.build("wrn10_1", num_classes=10, in_chans=3, image_size=32), 10).max_depth == 3
+    with pytest.raises(ValueError, match="wrn17_2: WRN-d-k needs d = 6n \\+ 4"):
+        archs.build("wrn17_2", num_classes=10, in_chans=3, image_size=32)
+    with pytest.raises(LookupError, match="known: .*wrn40_2.*wrn<d>_<k>"):
+        archs.build("wrn", num_classes=10, in_chans=3, image_size=32)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name, stages", [("timm:resnet18", 4), ("timm:regnetx_002", 4)])
+def test_any_timm_cnn_splits_per_feature_stage(name, stages):
+    partition = archs.build(name, num_classes=10, in_chans=1, image_size=32)
+    net = odn.DepthNet(partition, 10).eval()
+    assert net.max_depth == stages
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        features = net.stem(x)
+        for block in net.blocks:
+            features = block(features)
+        assert (features - partition.reference(x)).abs().max() <= 1e-5
+        assert torch.allclose(odn.extract(net, 2).eval()(x), net(x, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, size, message", [
+    ("timm:convnext_atto", 8, "timm:convnext_atto: 8-px inputs are too small for its stride-32 stages"),
+    ("timm:vit_tiny_patch16_224", 32, "timm:vit_tiny_patch16_224: timm builds this model for one input size"),
+    ("timm:no_such_net", 32, "timm:no_such_net: timm has no such model"),
+])
+def test_timm_fallback_refuses_what_it_cannot_split(name, size, message):
+    with pytest.raises((ValueError, LookupError), match=message):
+        archs.build(name, num_classes=10, in_chans=3, image_size=size)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_arch_table_lists_blocks_params_and_flops():
+    rows = odn.arch_rows(["wrn16_8", "mobilenetv3_small_100"], archs.build, 32)
+    assert [(r["name"], r["blocks"], r["params"]) for r in rows] == [("wrn16_8", 6, 10_963_162),
+                                                                       ("mobilenetv3_small_100", 12, 932_778)]
+    assert all(r["macs"] > 0 for r in rows)
+    assert odn.arch_table(rows, 32).row_count == 2

@@ -3,14 +3,17 @@
 A builder takes (num_classes, in_chans, image_size, name=<registered name>, **kw) and returns a network that
 satisfies odn.DepthPartitionable: `stem`, `blocks` (ordered), `channels` (after each block).
 Every module in this folder is imported on first use, so adding a file is all a plugin needs.
+A family of names (wrn<d>_<k>, timm:<name>) registers one builder for a pattern instead.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from typing import Callable
 
 BUILDERS: dict[str, Callable] = {}
+PATTERNS: dict[str, tuple[re.Pattern, Callable]] = {}  # shown form, e.g. "wrn<d>_<k>" → (regex, builder)
 _discovered = False
 
 
@@ -21,6 +24,16 @@ def register(*names: str) -> Callable:
             if name in BUILDERS:
                 raise ValueError(f"architecture {name!r} is already registered")
             BUILDERS[name] = builder
+        return builder
+    return decorate
+
+
+def register_pattern(shown: str, regex: str) -> Callable:
+    """Register a builder for every name that fully matches `regex`; errors list it as `shown`."""
+    def decorate(builder: Callable) -> Callable:
+        if shown in PATTERNS:
+            raise ValueError(f"architecture pattern {shown!r} is already registered")
+        PATTERNS[shown] = (re.compile(regex), builder)
         return builder
     return decorate
 
@@ -43,10 +56,10 @@ def names() -> list[str]:
 def build(name: str, *, num_classes: int, in_chans: int, image_size: int, **kw):
     """Build the named architecture, partitioned into blocks."""
     _discover()
-    if name not in BUILDERS:
-        raise LookupError(f"unknown architecture {name!r}; known: {', '.join(names())}")
-    return BUILDERS[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-                          name=name, **kw)
+    builder = BUILDERS.get(name) or next((b for regex, b in PATTERNS.values() if regex.fullmatch(name)), None)
+    if builder is None:
+        raise LookupError(f"unknown architecture {name!r}; known: {', '.join(names() + sorted(PATTERNS))}")
+    return builder(num_classes=num_classes, in_chans=in_chans, image_size=image_size, name=name, **kw)
 
 
 class Partition:

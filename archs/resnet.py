@@ -21,12 +21,14 @@ def partition_resnet(model, in_chans: int, image_size: int) -> Partition:
     if image_size <= 64:
         small_image_stem(model, in_chans)
     stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
-    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
-    # feature_info[0] is the stem; entries 1..4 give each stage's output channels
-    stage_channels = [info["num_chs"] for info in model.feature_info[1:]]
-    blocks = [block for stage in stages for block in stage]
-    channels = [c for stage, c in zip(stages, stage_channels) for _ in stage]
-    return Partition(stem, blocks, channels)
+    # feature_info[0] is the stem; the entries after it name each stage and its output channels
+    stages = [(getattr(model, info["module"]), info["num_chs"]) for info in model.feature_info[1:]]
+    blocks = [block for stage, _ in stages for block in stage]
+    channels = [c for stage, c in stages for _ in stage]
+    # timm's own forward, for the conformance test; stop_early also serves 3-stage (CIFAR WRN) models
+    reference = lambda x: model.forward_intermediates(x, indices=[len(stages)], stop_early=True,
+                                                      intermediates_only=True)[-1]
+    return Partition(stem, blocks, channels, reference=reference)
 
 
 @register("resnet18", "resnet26", "resnet34", "resnet50", "resnet101", "resnet152")

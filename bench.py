@@ -28,7 +28,7 @@ import odn
 PROFILES = {
     "digits": dict(arch="resnet18", data="digits", target=0.98, train=0, val=0,
                    settings=dict()),
-    "mnist": dict(arch="resnet18", data="mnist", target=0.95, train=2000, val=1000,
+    "mnist": dict(arch="resnet18", data="mnist", target=0.90, train=2000, val=1000,
                   settings=dict(warmup_epochs=1, patience=6, lr_patience=2)),
     "fashion": dict(arch="resnet34", data="fashion_mnist", target=0.80, train=1000, val=1000,
                     settings=dict(warmup_epochs=1, patience=6, lr_patience=2)),

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -412,6 +413,12 @@ STRATEGIES: dict[str, tuple[Callable[..., float], Callable[[Phase, Settings], bo
 }
 
 
+def shuffler(s: Settings, phase: Phase) -> torch.Generator:
+    """Each phase shuffles from its own seed, so a depth sees the same batches however long earlier
+    depths ran: `early` then replays `paper`'s epochs exactly and only stops them sooner."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{s.seed}/{phase.name}/{phase.depth}".encode()))
+
+
 def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], None] | None = None) -> Result:
     """Find the shallowest depth of `net` whose validation accuracy reaches `s.target` (Algorithm 1).
 
@@ -423,7 +430,6 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
     emit = on_event or (lambda record: None)
     start, stop = STRATEGIES[s.strategy]
     torch.manual_seed(s.seed)
-    generator = torch.Generator().manual_seed(s.seed)
     last = s.max_depth or net.max_depth
     net.to(data.train[0].device).eval()  # eval: batch-norm cannot count a batch of one in training mode
     sample = normalise(data.train[0][:1], data.mean, data.std)
@@ -444,13 +450,12 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
         initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
         phase = Phase("baseline", net.max_depth, s.lr)
         optimizer = sgd(net.parameters_at(net.max_depth), s.lr, s)
-        shuffle = torch.Generator().manual_seed(s.seed + 1)  # its own shuffling: the search is unchanged
-        baseline = finish(phase, train_phase(net, phase, data, optimizer, s, macs[-1], shuffle, emit))
+        baseline = finish(phase, train_phase(net, phase, data, optimizer, s, macs[-1], shuffler(s, phase), emit))
         weights["baseline"] = net.state_at(net.max_depth)
         net.load_state_dict(initial)
 
     # §III-B: warm up all depths, keep the weights for every expansion
-    phase = warmup(net, data, s, last, macs, generator, emit)
+    phase = warmup(net, data, s, last, macs, shuffler(s, Phase("warmup", last, s.warmup_lr)), emit)
     warm = {k: v.detach().clone() for k, v in net.state_dict().items()}
     phases.append(finish(phase, warm))
 
@@ -460,7 +465,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
         lr = start(net, d, d == s.start_depth, warm, s)
         optimizer = sgd(net.parameters_at(d), lr, s)
         phase = Phase("search", d, lr)
-        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], generator, emit, stop)
+        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], shuffler(s, phase), emit, stop)
         phases.append(finish(phase, weights[d]))
         if phase.best_val >= s.target - s.tolerance:
             reached = True
@@ -473,7 +478,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
         net.load_state_at(best.depth, weights[best.depth])
         optimizer = sgd(net.parameters_at(best.depth), optimizer.param_groups[0]["lr"], s)
     phase = Phase("finetune", best.depth, optimizer.param_groups[0]["lr"], best_val=best.best_val)
-    weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], generator, emit, stop)
+    weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], shuffler(s, phase),
+                                      emit, stop)
     phases.append(finish(phase, weights[best.depth]))
     return Result(best.depth, reached, phase.best_val, phases, weights, warm, macs, baseline)
 
@@ -658,7 +664,8 @@ def cli(
     if not console.is_terminal:
         console = Console(width=max(console.width, 110))  # keep Table I readable in logs and pipes
     if list_archs:
-        console.print(arch_table(arch_rows(archs.names(), archs.build, image_size or 32), image_size or 32))
+        size = image_size or 32
+        console.print(arch_table(arch_rows(archs.names(), archs.build, size), size, sorted(archs.PATTERNS)))
         return
     # every option named like a Settings field is that field: the CLI adds nothing of its own
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
@@ -822,7 +829,7 @@ def arch_rows(names: Sequence[str], build: Callable, image_size: int) -> list[di
     return rows
 
 
-def arch_table(rows: list[dict], image_size: int):
+def arch_table(rows: list[dict], image_size: int, patterns: Sequence[str] = ()):
     """The architectures as a rich table: a pure function of `arch_rows`."""
     from rich.table import Table
 
@@ -831,8 +838,8 @@ def arch_table(rows: list[dict], image_size: int):
         table.add_column(name, justify=justify)
     for r in rows:
         table.add_row(r["name"], str(r["blocks"]), f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}")
-    table.caption = ("FLOPs = multiply-adds per image. Also: wrn<d>_<k> for any d = 6n + 4, and "
-                     "timm:<timm model name> for any timm CNN, one depth per feature stage.")
+    table.caption = "FLOPs = multiply-adds per image." + (f" Also the name patterns {', '.join(patterns)}."
+                                                          if patterns else "")
     return table
 
 

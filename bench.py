@@ -28,10 +28,10 @@ import odn
 PROFILES = {
     "digits": dict(arch="resnet18", data="digits", target=0.98, train=0, val=0,
                    settings=dict()),
-    "mnist": dict(arch="resnet18", data="mnist", target=0.90, train=2000, val=1000,
-                  settings=dict(warmup_epochs=1, patience=6, lr_patience=2)),
+    "mnist": dict(arch="resnet18", data="mnist", target=0.85, train=2000, val=1000,
+                  settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
     "fashion": dict(arch="resnet34", data="fashion_mnist", target=0.80, train=1000, val=1000,
-                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2)),
+                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
 }
 
 app = typer.Typer(pretty_exceptions_show_locals=False, add_completion=False)

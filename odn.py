@@ -22,7 +22,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -229,7 +229,7 @@ class Settings:
     max_depth: int = 0  # 0 = every block
     tolerance: float = 0.0
     max_epochs: int = 0  # 0 = no cap; otherwise the most epochs of one search or fine-tune phase
-    reject_margin: float = 0.005  # early/carry: a stalled depth this far below target is rejected
+    reject_margin: float = 0.005  # early/carry: reject a depth whose projected best stays this far below target
     baseline: bool = False  # also train the full depth from the same initial weights (Table I's full row)
     seed: int = 0
     amp: bool = False  # bf16 autocast (fp16 + loss scaling where bf16 is missing)
@@ -260,6 +260,7 @@ class Phase:
     best_val: float = -1.0
     since_best: int = 0
     converged: bool = False
+    val_curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
 
 
 def plateau_step(phase: Phase, val_acc: float, s: Settings) -> tuple[bool, bool]:
@@ -269,6 +270,7 @@ def plateau_step(phase: Phase, val_acc: float, s: Settings) -> tuple[bool, bool]
     paper says "reduced by 60 %"; its code multiplies by 0.6, and so do we). Converged at 23.
     """
     improved = val_acc > phase.best_val
+    phase.val_curve.append(val_acc)
     phase.best_val, phase.since_best = (val_acc, 0) if improved else (phase.best_val, phase.since_best + 1)
     decay = not improved and phase.since_best % s.lr_patience == 0
     phase.converged = phase.since_best >= s.patience or 0 < s.max_epochs <= phase.epochs
@@ -390,20 +392,35 @@ def converged(phase: Phase, s: Settings) -> bool:
     return phase.converged
 
 
-def decided(phase: Phase, s: Settings) -> bool:
-    """Stop as soon as the outcome is known, not when the curve is flat.
+def projected(phase: Phase, s: Settings) -> float:
+    """How high a depth's best accuracy could still climb, judged from its own curve.
 
-    Accept the moment a depth meets the target — fine-tuning trains it to convergence anyway, and
-    the paper's rule would accept that same depth. Reject once two LR decays (2 × lr_patience
-    epochs) brought no gain while the depth is still `reject_margin` below target: at 0.6² of
-    its LR a stalled depth rarely climbs another half point. Fine-tuning ends after those same two
-    fruitless decays.
+    Learning curves flatten, so the rate the best-so-far accuracy rose at over the last two
+    LR-patience windows, kept up for as long again as the depth has trained, is a generous
+    ceiling. Curves are judged only after one patience window plus that slope window: early on
+    they climb steeply and noisily, and a deeper depth that will make it can look hopeless.
     """
-    stale = phase.since_best >= 2 * s.lr_patience
+    window = 2 * s.lr_patience
+    epochs = len(phase.val_curve)
+    if epochs <= s.patience + window:
+        return 1.0  # too early to judge
+    gain = max(phase.val_curve) - max(phase.val_curve[:-window])
+    return phase.best_val + gain / window * epochs
+
+
+def decided(phase: Phase, s: Settings) -> bool:
+    """Stop a depth as soon as the outcome is known, not when its curve is flat.
+
+    Accept the moment a depth meets the target: the paper's rule would accept that same depth.
+    Reject it once even a generous projection of its curve stays `reject_margin` below the
+    target; a depth stalling just short of it trains on to convergence, as in the paper. Only
+    decisions come sooner: fine-tuning continues the accepted phase to the paper's convergence,
+    so `early` hands back the very network the paper's search phase converges to.
+    """
     if phase.converged or phase.name != "search":
-        return phase.converged or stale
+        return phase.converged
     goal = s.target - s.tolerance
-    return phase.best_val >= goal or (stale and phase.best_val < goal - s.reject_margin)
+    return phase.best_val >= goal or projected(phase, s) < goal - s.reject_margin
 
 
 STRATEGIES: dict[str, tuple[Callable[..., float], Callable[[Phase, Settings], bool]]] = {
@@ -460,26 +477,31 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
     phases.append(finish(phase, warm))
 
     # §III-C: train the shallowest depth until it stops; below target → one more block
-    optimizer, reached = None, False
+    optimizer, reached, generators = None, False, {}
     for d in range(s.start_depth, last + 1):
         lr = start(net, d, d == s.start_depth, warm, s)
         optimizer = sgd(net.parameters_at(d), lr, s)
         phase = Phase("search", d, lr)
-        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], shuffler(s, phase), emit, stop)
+        generators[d] = shuffler(s, phase)
+        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], generators[d], emit, stop)
         phases.append(finish(phase, weights[d]))
         if phase.best_val >= s.target - s.tolerance:
             reached = True
             break
 
-    # §III-D: fine-tune the optimal depth (or the best one tried) with the same optimizer
+    # §III-D: fine-tune the optimal depth (or the best one tried) with the same optimizer. A phase
+    # stopped before it converged (early, carry) is *continued* — same batches, optimizer and
+    # plateau counters — so the depth ends trained exactly as the paper's search phase trains it.
     searched = [p for p in phases if p.name == "search"]
     best = searched[-1] if reached else max(searched, key=lambda p: p.best_val)
     if best is not searched[-1]:
         net.load_state_at(best.depth, weights[best.depth])
         optimizer = sgd(net.parameters_at(best.depth), optimizer.param_groups[0]["lr"], s)
-    phase = Phase("finetune", best.depth, optimizer.param_groups[0]["lr"], best_val=best.best_val)
-    weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], shuffler(s, phase),
-                                      emit, stop)
+    continuing = best is searched[-1] and not best.converged
+    phase = Phase("finetune", best.depth, optimizer.param_groups[0]["lr"], best_val=best.best_val,
+                  since_best=best.since_best if continuing else 0)
+    generator = generators[best.depth] if continuing else shuffler(s, phase)
+    weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], generator, emit, stop)
     phases.append(finish(phase, weights[best.depth]))
     return Result(best.depth, reached, phase.best_val, phases, weights, warm, macs, baseline)
 
@@ -634,7 +656,8 @@ HELP = {
                "(default: on for the colour sets, off for grey ones and folders, as in the paper)",
     "out": "output folder (default: runs/<arch>-<data>)",
     "val_subset": "validate on the first this many validation images (0 = all), for quick runs",
-    "reject_margin": "early/carry: reject a stalled depth this far below the target",
+    "reject_margin": "early/carry: reject a depth once a generous projection of its curve stays this far below "
+                     "the target",
     "baseline": "also train the full depth alone with the same rule (Table I's full row, cost ratio)",
     "amp": "bf16 autocast (fp16 with loss scaling on GPUs without bf16)",
     "channels_last": "channels-last memory format (faster on some CPUs and GPUs: measure)",
@@ -665,7 +688,7 @@ def cli(
         console = Console(width=max(console.width, 110))  # keep Table I readable in logs and pipes
     if list_archs:
         size = image_size or 32
-        console.print(arch_table(arch_rows(archs.names(), archs.build, size), size, sorted(archs.PATTERNS)))
+        console.print(archs.table(archs.describe(archs.names(), size), size))
         return
     # every option named like a Settings field is that field: the CLI adds nothing of its own
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
@@ -815,31 +838,6 @@ def report_table(rows: list[dict], record: dict):
     table.caption = (f"search cost (warm-up + search + fine-tune): {cost['epochs']} epochs, "
                      f"{cost['images']:,} training images, {cost['flops'] / 1e12:.2f} TFLOP{ratio}, "
                      f"{cost['seconds']:.0f} s")
-    return table
-
-
-def arch_rows(names: Sequence[str], build: Callable, image_size: int) -> list[dict]:
-    """Blocks, full-depth params and multiply-adds of each architecture, for 3×size×size and 10 classes."""
-    rows = []
-    for name in names:
-        net = DepthNet(build(name, num_classes=10, in_chans=3, image_size=image_size), 10).eval()
-        macs = forward_macs(lambda x: net(x, net.max_depth), torch.zeros(1, 3, image_size, image_size))
-        rows.append({"name": name, "blocks": net.max_depth, "params": count_params(extract(net, net.max_depth)),
-                     "macs": macs})
-    return rows
-
-
-def arch_table(rows: list[dict], image_size: int, patterns: Sequence[str] = ()):
-    """The architectures as a rich table: a pure function of `arch_rows`."""
-    from rich.table import Table
-
-    table = Table(title=f"architectures (3×{image_size}×{image_size} input, 10 classes, full depth)")
-    for name, justify in (("arch", "left"), ("blocks", "right"), ("params", "right"), ("MFLOPs", "right")):
-        table.add_column(name, justify=justify)
-    for r in rows:
-        table.add_row(r["name"], str(r["blocks"]), f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}")
-    table.caption = "FLOPs = multiply-adds per image." + (f" Also the name patterns {', '.join(patterns)}."
-                                                          if patterns else "")
     return table
 
 

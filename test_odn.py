@@ -166,21 +166,52 @@ def test_every_strategy_finds_the_known_depth(strategy, xor, depth):
     assert result.depth == depth and result.target_reached
 
 
-def test_early_rule_accepts_at_once_and_rejects_only_clear_stalls():
-    s = odn.Settings(target=0.9, lr_patience=5, reject_margin=0.01)
-    phase = odn.Phase("search", 1, 0.01, epochs=1, best_val=0.91)
-    assert odn.decided(phase, s) and not odn.converged(phase, s)  # target met: accept now
-    phase = odn.Phase("search", 1, 0.01, epochs=20, best_val=0.85, since_best=9)
-    assert not odn.decided(phase, s)  # one LR decay without gain is not enough
-    phase.since_best = 10
-    assert odn.decided(phase, s)  # two decays, 5 pt below: reject
-    phase.best_val = 0.895
-    assert not odn.decided(phase, s)  # within the margin: keep going, as the paper would
-    phase.since_best = 23
-    phase.converged = True
-    assert odn.decided(phase, s)
-    finetune = odn.Phase("finetune", 1, 0.01, epochs=12, best_val=0.95, since_best=10)
-    assert odn.decided(finetune, s)
+def test_early_rule_accepts_at_once_and_rejects_what_cannot_reach_the_target():
+    s = odn.Settings(target=0.9, patience=6, lr_patience=2, reject_margin=0.01)  # judged after 6 + 4 epochs
+
+    def phase(curve, name="search"):
+        p = odn.Phase(name, 1, 0.01)
+        for val in curve:
+            p.epochs += 1
+            odn.plateau_step(p, val, s)
+        return p
+
+    def decided(p):
+        return odn.decided(p, s)
+
+    assert decided(phase([0.5, 0.91])) and not odn.converged(phase([0.5, 0.91]), s)  # target met: accept now
+    slow = phase([0.30 + 0.01 * i for i in range(12)])  # +1 pt/epoch at 41 %: 0.41 + 0.01 × 12 < 0.89
+    assert odn.projected(slow, s) == pytest.approx(0.53) and decided(slow)
+    fast = phase([0.30 + 0.03 * i for i in range(12)])  # +3 pt/epoch at 63 %: 0.63 + 0.36 could make it
+    assert odn.projected(fast, s) == pytest.approx(0.99) and not decided(fast)
+    assert not decided(phase([0.30 + 0.01 * i for i in range(10)]))  # ten epochs are too few to judge
+    assert decided(phase([0.85] * 11))  # no gain in the window, 5 pt below: reject
+    assert not decided(phase([0.895] * 6))  # stalled within the margin: train on, as the paper would
+    assert decided(phase([0.895] * 7))  # ... until the paper's rule says converged
+    assert not decided(phase([0.95] + [0.94] * 5, name="finetune"))  # fine-tuning runs to convergence
+    assert decided(phase([0.95] + [0.94] * 6, name="finetune"))
+
+
+def test_early_replays_the_papers_epochs_and_only_stops_them_sooner():
+    """Each phase shuffles from its own seed, so `early` sees exactly the epochs `paper` saw; this is
+    what makes `bench.py replay` exact and `early`'s depth the paper's."""
+    runs = {}
+    for strategy in ("paper", "early"):
+        torch.manual_seed(0)
+        net = odn.DepthNet(TinyNet(depth=3), 2)
+        runs[strategy] = odn.search(net, points_data(xor=True), odn.Settings(
+            target=0.95, strategy=strategy, **QUICK))
+    paper, early = ({p.depth: p for p in r.phases if p.name == "search"} for r in runs.values())
+    assert runs["paper"].depth == runs["early"].depth == 2 and list(paper) == list(early) == [1, 2]
+    for d, phase in early.items():
+        assert phase.val_curve == paper[d].val_curve[:phase.epochs]
+    assert early[2].epochs < paper[2].epochs  # accepted at the first hit, not after 6 stale epochs
+    # fine-tuning continues the accepted phase: together they are the paper's search phase, epoch for epoch,
+    # and the paper's second run to convergence is skipped
+    finetune = runs["early"].phases[-1]
+    assert finetune.name == "finetune" and early[2].val_curve + finetune.val_curve == paper[2].val_curve
+    assert runs["early"].val_accuracy == paper[2].best_val
+    assert runs["early"].cost["epochs"] < runs["paper"].cost["epochs"]
 
 
 def test_carry_keeps_the_converged_weights_and_takes_the_new_block_from_warmup(monkeypatch):
@@ -742,8 +773,8 @@ def test_timm_fallback_refuses_what_it_cannot_split(name, size, message):
 
 @pytest.mark.usefixtures("one_thread")
 def test_arch_table_lists_blocks_params_and_flops():
-    rows = odn.arch_rows(["wrn16_8", "mobilenetv3_small_100"], archs.build, 32)
+    rows = archs.describe(["wrn16_8", "mobilenetv3_small_100"], 32)
     assert [(r["name"], r["blocks"], r["params"]) for r in rows] == [("wrn16_8", 6, 10_963_162),
                                                                        ("mobilenetv3_small_100", 12, 932_778)]
     assert all(r["macs"] > 0 for r in rows)
-    assert odn.arch_table(rows, 32).row_count == 2
+    assert archs.table(rows, 32).row_count == 2

@@ -154,7 +154,7 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
             start, stop = odn.STRATEGIES[name]
             if start is not odn.restart_from_warmup:
                 continue
-            used, search, chosen, phase = [], warm, None, None
+            used, search, chosen, phase = [], warm, f"> {paper_depth} (not recorded)", None
             for d, curve in curves.items():
                 phase = odn.Phase("search", d, s.lr)
                 for val in curve:  # feed the recorded epochs until the rule stops the phase

@@ -395,17 +395,17 @@ def converged(phase: Phase, s: Settings) -> bool:
 def projected(phase: Phase, s: Settings) -> float:
     """How high a depth's best accuracy could still climb, judged from its own curve.
 
-    Learning curves flatten, so the rate the best-so-far accuracy rose at over the last two
-    LR-patience windows, kept up for as long again as the depth has trained, is a generous
-    ceiling. Curves are judged only after one patience window plus that slope window: early on
-    they climb steeply and noisily, and a deeper depth that will make it can look hopeless.
+    Learning curves flatten, so the rate the best-so-far accuracy rose at over the last `patience`
+    epochs, kept up for as long again as the depth has trained, is a generous ceiling. The slope
+    spans a whole patience window because validation curves are noisy: over a shorter one, a dip
+    after a jump made depths that went on to meet the target look hopeless. Curves are judged only
+    after two patience windows: early on they climb steeply and noisily.
     """
-    window = 2 * s.lr_patience
     epochs = len(phase.val_curve)
-    if epochs <= s.patience + window:
+    if epochs <= 2 * s.patience:
         return 1.0  # too early to judge
-    gain = max(phase.val_curve) - max(phase.val_curve[:-window])
-    return phase.best_val + gain / window * epochs
+    gain = max(phase.val_curve) - max(phase.val_curve[:-s.patience])
+    return phase.best_val + gain / s.patience * epochs
 
 
 def decided(phase: Phase, s: Settings) -> bool:

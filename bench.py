@@ -78,14 +78,16 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
     rows, paper_flops = [], None
+    if history:
+        Path(history).mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names.split(",")):
         net = fresh_net(p["arch"], dataset)
         s = odn.Settings(target=p["target"], strategy=name, baseline=baseline and i == 0, **p["settings"])
         start = time.perf_counter()
-        if history:
-            Path(history).mkdir(parents=True, exist_ok=True)
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
+        if log:
+            log.close()
         seconds = time.perf_counter() - start
         model = odn.extract(net, result.depth).eval()
         test = odn.accuracy(model, data.test, data)
@@ -164,8 +166,11 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
                         break
                 used.append(phase.epochs)
                 search += phase.epochs * per_epoch[d]
-                if phase.best_val >= goal or not stop(phase, s):  # accepted, or the recording ends undecided
-                    chosen = d if phase.best_val >= goal else f"≥ {d} (recording too short)"
+                if phase.best_val >= goal:
+                    chosen = d
+                    break
+                if not stop(phase, s):  # the recording ends before the rule decided
+                    chosen = f"≥ {d} (recording too short)"
                     break
             if name == "paper":
                 whole = paper_run

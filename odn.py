@@ -404,7 +404,7 @@ def projected(phase: Phase, s: Settings) -> float:
     epochs = len(phase.val_curve)
     if epochs <= 2 * s.patience:
         return 1.0  # too early to judge
-    gain = max(phase.val_curve) - max(phase.val_curve[:-s.patience])
+    gain = phase.best_val - max(phase.val_curve[:-s.patience])
     return phase.best_val + gain / s.patience * epochs
 
 
@@ -477,13 +477,13 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
     phases.append(finish(phase, warm))
 
     # §III-C: train the shallowest depth until it stops; below target → one more block
-    optimizer, reached, generators = None, False, {}
+    optimizer, reached = None, False
     for d in range(s.start_depth, last + 1):
         lr = start(net, d, d == s.start_depth, warm, s)
         optimizer = sgd(net.parameters_at(d), lr, s)
         phase = Phase("search", d, lr)
-        generators[d] = shuffler(s, phase)
-        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], generators[d], emit, stop)
+        generator = shuffler(s, phase)
+        weights[d] = train_phase(net, phase, data, optimizer, s, macs[d - 1], generator, emit, stop)
         phases.append(finish(phase, weights[d]))
         if phase.best_val >= s.target - s.tolerance:
             reached = True
@@ -500,7 +500,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], No
     continuing = best is searched[-1] and not best.converged
     phase = Phase("finetune", best.depth, optimizer.param_groups[0]["lr"], best_val=best.best_val,
                   since_best=best.since_best if continuing else 0)
-    generator = generators[best.depth] if continuing else shuffler(s, phase)
+    generator = generator if continuing else shuffler(s, phase)
     weights[best.depth] = train_phase(net, phase, data, optimizer, s, macs[best.depth - 1], generator, emit, stop)
     phases.append(finish(phase, weights[best.depth]))
     return Result(best.depth, reached, phase.best_val, phases, weights, warm, macs, baseline)

@@ -3,6 +3,7 @@
     python bench.py strategies --profile digits            # the paper's protocol numbers, ~3 min on 2 cores
     python bench.py strategies --profile mnist             # ResNet-18, CPU-sized profile (see PROFILES)
     python bench.py strategies --profile fashion           # ResNet-34, CPU-sized profile
+    python bench.py grid --profile mnist                   # every depth trained alone: the oracle depth
     python bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
 
 Each strategy runs on the same data, seed, initial weights and caps; the full-depth baseline
@@ -31,14 +32,18 @@ PROFILES = {
     "digits": dict(arch="resnet18", data="digits", target=0.98, train=0, val=0,
                    settings=dict()),
     "mnist": dict(arch="resnet18", data="mnist", target=0.85, train=2000, val=1000,
-                  settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
+                  settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "fashion": dict(arch="resnet34", data="fashion_mnist", target=0.70, train=1000, val=1000,
-                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
+                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     # held out: the early rule's judging window was chosen on the three profiles above; these check it
     "fashion18": dict(arch="resnet18", data="fashion_mnist", target=0.70, train=1000, val=1000,
-                      settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
+                      settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "mnist34": dict(arch="resnet34", data="mnist", target=0.85, train=2000, val=1000,
-                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=True, channels_last=True)),
+                    settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
+    # frozen before `fast` was tuned (2026-11-25): another family, and a third target on digits
+    "mnist_mbv2": dict(arch="mobilenetv2_100", data="mnist", target=0.90, train=2000, val=1000,
+                       settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
+    "digits95": dict(arch="resnet18", data="digits", target=0.95, train=0, val=0, settings=dict()),
 }
 
 app = typer.Typer(pretty_exceptions_show_locals=False, add_completion=False)
@@ -73,49 +78,71 @@ def progress(record: dict, history=None) -> None:
 
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
-               data_dir: str = "", history: str = "") -> None:
-    """Run each strategy on one profile and print a markdown table; --history DIR keeps every epoch."""
+               data_dir: str = "", history: str = "", results: str = "runs/bench") -> None:
+    """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
+
+    The full-depth baseline (the full network alone, from the same initial weights, with the
+    strategy's own recipe: the plateau rule for paper/early/carry, the long one-cycle for fast)
+    runs once per recipe. `--history DIR` keeps every epoch for `replay`.
+    """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
-    rows, paper_flops = [], None
+    folder = Path(results)
+    folder.mkdir(parents=True, exist_ok=True)
     if history:
         Path(history).mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names.split(",")):
+    for name in names.split(","):
+        recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
+        base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset)
-        s = odn.Settings(target=p["target"], strategy=name, baseline=baseline and i == 0, **p["settings"])
-        start = time.perf_counter()
+        s = odn.Settings(target=p["target"], strategy=name, baseline=baseline and not base_file.exists(),
+                         **p["settings"])
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:
             log.close()
-        seconds = time.perf_counter() - start
         model = odn.extract(net, result.depth).eval()
-        test = odn.accuracy(model, data.test, data)
-        cost = result.cost
-        paper_flops = paper_flops or cost["flops"]
+        row = {"strategy": name, "depth": result.depth, "val": result.val_accuracy,
+               "test": odn.accuracy(model, data.test, data), **result.cost, "speed": result.speed,
+               "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val) for ph in result.phases], **machine()}
+        (folder / f"{profile}-{name}.json").write_text(json.dumps(row, indent=2))
         if result.baseline is not None:
             full = odn.extract(net, net.max_depth)
             full.load_state_dict(result.weights["baseline"])
-            base = result.baseline
-            base_test = odn.accuracy(full.eval(), data.test, data)
-            rows.append(("full-depth baseline", net.max_depth, base.best_val, base_test, base.flops, base.images,
-                         base.epochs, base.seconds, None))
-        rows.append((name, result.depth, result.val_accuracy, test, cost["flops"], cost["images"], cost["epochs"],
-                     cost["seconds"], cost["flops"] / paper_flops))
-        print(f"{name}: depth {result.depth} val {result.val_accuracy:.4f} test {test:.4f} "
-              f"{cost['flops'] / 1e12:.2f} TFLOP {seconds:.0f} s", flush=True)
-    base_flops = next((r[4] for r in rows if r[0] == "full-depth baseline"), None)
-    print(f"\n### {profile}: {p['arch']} on {p['data']}, target {p['target']}, "
-          f"train {len(data.train[1]):,} / val {len(data.val[1]):,} / test {len(data.test[1]):,}, "
-          f"settings {p['settings'] or 'paper protocol'}\n")
-    print("| strategy | depth | val acc | test acc | train TFLOP | images | epochs | wall s | ÷ paper | ÷ baseline |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, depth, val, test, flops, images, epochs, seconds, ratio in rows:
-        print(f"| {name} | {depth} | {val:.2%} | {test:.2%} | {flops / 1e12:.2f} | {images:,} | {epochs} | "
-              f"{seconds:.0f} | {'—' if ratio is None else f'{ratio:.2f}'} | "
-              f"{'—' if base_flops is None else f'{flops / base_flops:.2f}'} |")
-    print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}: `python bench.py strategies --profile {profile}`")
+            b = result.baseline
+            base_file.write_text(json.dumps({
+                "strategy": f"full depth alone ({recipe} recipe)", "depth": net.max_depth, "val": b.best_val,
+                "test": odn.accuracy(full.eval(), data.test, data), "epochs": b.epochs, "images": b.images,
+                "flops": b.flops, "seconds": b.seconds, **machine()}, indent=2))
+        print(f"{name}: depth {row['depth']} val {row['val']:.4f} test {row['test']:.4f} "
+              f"{row['flops'] / 1e12:.2f} TFLOP {row['seconds']:.0f} s", flush=True)
+    table(profile, results)
+
+
+@app.command()
+def table(profile: str, results: str = "runs/bench") -> None:
+    """Print every recorded row of one profile: depth vs the oracle's, and cost ÷ paper, oracle, baseline."""
+    p = PROFILES[profile]
+    folder = Path(results)
+    read = lambda name: json.loads((folder / f"{profile}-{name}.json").read_text()) \
+        if (folder / f"{profile}-{name}.json").exists() else None
+    paper, grid = read("paper"), read("grid")
+    print(f"\n### {profile}: {p['arch']} on {p['data']}, target {p['target']}, settings "
+          f"{p['settings'] or 'paper protocol'}\n")
+    print("| strategy | depth | oracle depth | val acc | test acc | train TFLOP | epochs | wall s | ÷ paper | "
+          "÷ oracle | ÷ full depth, same recipe | date, CPU, threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratio = lambda a, b: "—" if not b else f"{a / b:.2f}"
+    for name in ("baseline-paper", "paper", "early", "carry", "baseline-fast", "fast"):
+        r = read(name)
+        if r is None:
+            continue
+        recipe = read("baseline-fast" if name.endswith("fast") else "baseline-paper")
+        oracle = grid and grid["oracle_depth"]
+        print(f"| {r['strategy']} | {r['depth']} | {oracle or '—'} | {r['val']:.2%} | {r['test']:.2%} | "
+              f"{r['flops'] / 1e12:.2f} | {r['epochs']} | {r['seconds']:.0f} | "
+              f"{ratio(r['flops'], paper and paper['flops'])} | {ratio(r['flops'], grid and grid['oracle_flops'])} | "
+              f"{ratio(r['flops'], recipe and recipe['flops'])} | {r['date']}, {r['cpu']}, {r['threads']} |")
 
 
 @app.command()
@@ -153,7 +180,9 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
             f"{', '.join(map(str, used))} | {search / 1e12:.2f} | "
             f"{'—' if whole is None else f'{whole / 1e12:.2f}'} | {'—' if whole is None else f'{whole / paper_run:.2f}'} |")
         for name in names.split(","):
-            start, stop = odn.STRATEGIES[name]
+            start, stop, schedule = odn.STRATEGIES[name]
+            if schedule is not None:
+                continue
             if start is not odn.restart_from_warmup:
                 continue
             used, search, chosen, phase = [], warm, f"> {paper_depth} (not recorded)", None
@@ -183,6 +212,65 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
         if hit:
             row("oracle (bound)", paper_depth, [hit], warm + hit * per_epoch[paper_depth],
                 warm + len(curves[paper_depth]) * per_epoch[paper_depth])
+
+
+@app.command()
+def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: int = 8,
+         every: bool = False, results: str = "runs/bench") -> None:
+    """Train each depth alone from the same initial weights with `fast`'s long schedule: ground truth.
+
+    The oracle depth is the shallowest whose converged validation accuracy meets the target; its
+    cost is what training only that depth costs — the least any search could spend. Depths are
+    trained shallow to deep and stop at the oracle (deeper ones cannot change it) unless --every;
+    the full depth alone with this recipe is `strategies --names fast`'s baseline row.
+    """
+    p = PROFILES[profile]
+    dataset, data = load(p, data_dir or None)
+    s = odn.Settings(target=p["target"], strategy="fast", long_epochs=epochs,
+                     **{k: v for k, v in p["settings"].items() if k in ("amp", "channels_last")})
+    net = fresh_net(p["arch"], dataset).eval()  # eval: batch-norm cannot count the one-image MACs sample
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    sample = odn.normalise(data.train[0][:1], data.mean, data.std)
+    macs = [odn.forward_macs(lambda x, d=d: net(x, d), sample) for d in range(1, net.max_depth + 1)]
+    if s.amp is None or s.channels_last is None:
+        amp, channels_last, _ = odn.choose_speed(net, data, s, 1)
+        s = odn.Settings(**{**s.__dict__, "amp": amp, "channels_last": channels_last})
+    if s.channels_last:
+        net.to(memory_format=torch.channels_last)
+    rows = []
+    for d in [int(d) for d in depths.split(",")] if depths else range(1, net.max_depth + 1):
+        net.load_state_dict(initial)
+        phase = odn.Phase("finetune", d, s.peak_lr)
+        optimizer = odn.sgd(net.parameters_at(d), s.peak_lr, s)
+        odn.train_phase(net, phase, data, optimizer, s, macs[d - 1], odn.shuffler(s, phase), lambda r: None,
+                        odn.end_of_schedule, odn.one_cycle)
+        test = odn.accuracy(lambda x: net(x, d), data.test, data)
+        rows.append({"depth": d, "val": phase.best_val, "final_val": phase.val_curve[-1], "test": test,
+                     "flops": phase.flops, "seconds": phase.seconds, "epochs": phase.epochs})
+        print(f"depth {d}: val {phase.best_val:.4f} test {test:.4f} {phase.flops / 1e12:.2f} TFLOP "
+              f"{phase.seconds:.0f} s", file=sys.stderr, flush=True)
+        if phase.best_val >= p["target"] and not every:
+            break
+    oracle = next((r for r in rows if r["val"] >= p["target"]), None)
+    record = {"profile": profile, "target": p["target"], "epochs": epochs, "rows": rows,
+              "oracle_depth": oracle and oracle["depth"], "oracle_flops": oracle and oracle["flops"],
+              "full_flops": rows[-1]["flops"] if rows[-1]["depth"] == net.max_depth else None,
+              "amp": s.amp, "channels_last": s.channels_last, **machine()}
+    Path(results).mkdir(parents=True, exist_ok=True)
+    (Path(results) / f"{profile}-grid.json").write_text(json.dumps(record, indent=2))
+    print(f"\n### grid {profile}: {p['arch']} on {p['data']}, target {p['target']}, one-cycle {rows[0]['epochs']} epochs "
+          f"(peak LR {s.peak_lr}, Nesterov), each depth alone from the same initial weights\n")
+    print("| depth | val acc | test acc | train TFLOP | wall s | meets target |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['depth']} | {r['val']:.2%} | {r['test']:.2%} | {r['flops'] / 1e12:.2f} | {r['seconds']:.0f} | "
+              f"{'**oracle**' if oracle is r else 'yes' if r['val'] >= p['target'] else 'no'} |")
+    print(f"\n{date.today()}, {record['cpu']}, {record['threads']} threads, bf16 {s.amp}, channels_last "
+          f"{s.channels_last}: `python bench.py grid --profile {profile}`")
+
+
+def machine() -> dict:
+    return {"date": str(date.today()), "cpu": odn.cpu_model(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 def bare_epoch(net: odn.DepthNet, depth: int, x, y, batch_size: int, memory_format) -> None:

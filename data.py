@@ -14,6 +14,7 @@ files expected and where. `digits` ships inside scikit-learn, so it works on any
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class DataSet:
     classes: list[str] = field(default_factory=list)
     augment: Augment | None = None  # what --augment applies: crop_flip, or crop where a mirror changes the class
     augment_by_default: bool = False  # the paper trains the grey sets without augmentation
+    skipped: list[str] = field(default_factory=list)  # unreadable image files left out (folders only)
 
 
 LOADERS: dict[str, Callable[[Path], DataSet]] = {}
@@ -61,16 +63,17 @@ def default_root() -> Path:
     return Path(os.environ.get("ODN_DATA") or "data")
 
 
-def load(name: str, root: str | Path | None = None, *, image_size: int = 0) -> DataSet:
+def load(name: str, root: str | Path | None = None, *, image_size: int = 0, strict_images: bool = False) -> DataSet:
     """Load a data set by name from `root` (default: $ODN_DATA, else ./data).
 
-    `folder:<path>` reads a user's ImageFolder tree instead. `image_size` > 0 resizes every image
-    to image_size × image_size (bilinear, antialiased); 0 keeps the native size.
+    `folder:<path>` reads a user's ImageFolder tree instead; its unreadable images are skipped (listed
+    in `skipped`) unless `strict_images`. `image_size` > 0 resizes every image to image_size ×
+    image_size (bilinear, antialiased); 0 keeps the native size.
     """
     if image_size < 0:
         raise ValueError(f"--image-size must be ≥ 0, got {image_size}")
     if name.startswith("folder:"):
-        return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size)
+        return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size, strict_images)
     if name not in LOADERS:
         raise LookupError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}, folder:<path>")
     dataset = LOADERS[name](Path(root) if root else default_root())
@@ -185,8 +188,8 @@ def torchvision_split(cls, root: Path, name: str, folder: Path, files: list[tupl
     """
     try:
         return cls(root=str(root), download=False, **kw)
-    except RuntimeError:
-        pass  # not on disk (or corrupt): try the download, which fails fast when offline
+    except (RuntimeError, ValueError, OSError, EOFError) as error:  # not on disk, or damaged: try the download
+        local = str(error).splitlines()[0] if str(error) else type(error).__name__
     try:
         return cls(root=str(root), download=True, **kw)
     except Exception as error:
@@ -197,6 +200,9 @@ def torchvision_split(cls, root: Path, name: str, folder: Path, files: list[tupl
         corrupt = [f for f, md5 in files if f not in missing and md5 and not check_integrity(str(folder / f), md5)]
         if len(missing) == len(files):
             state = f"no files under {folder} (expected {', '.join(f for f, _ in files)})"
+        elif not missing and not corrupt:  # every file is there, yet torchvision could not read them
+            raise DataUnavailable(f"{name}: the files under {folder} are damaged or truncated ({local}); replace "
+                                  f"them with good copies of {', '.join(f for f, _ in files)}") from None
         else:
             state = f"incomplete files under {folder} (missing: {', '.join(missing) or 'none'}; " \
                     f"checksum mismatch: {', '.join(corrupt) or 'none'})"
@@ -210,6 +216,11 @@ def mnist_like(cls, root: Path, name: str, mean: float, std: float, flip: bool) 
     """MNIST-format sets: train = first 50,000, val = last 10,000, test = official (DESIGN.md §1)."""
     files = [f"{p}-{kind}-ubyte" for p in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
     folder = root / cls.__name__ / "raw"
+    for file in files:
+        problem = idx_problem(folder / file)
+        if problem:
+            raise DataUnavailable(f"{name}: {folder / file} is damaged ({problem}); replace it with a good copy "
+                                  f"(torchvision's {cls.__name__} files) or delete it to download it again")
     train = torchvision_split(cls, root, name, folder, [(f, None) for f in files], train=True)
     test = torchvision_split(cls, root, name, folder, [(f, None) for f in files], train=False)
     x, y = as_nchw(train.data), train.targets.long()
@@ -217,6 +228,20 @@ def mnist_like(cls, root: Path, name: str, mean: float, std: float, flip: bool) 
                    (as_nchw(test.data), test.targets.long()), num_classes=len(train.classes), in_chans=1,
                    image_size=x.shape[-1], mean=(mean,), std=(std,), classes=list(train.classes),
                    augment=crop_flip if flip else crop)
+
+
+def idx_problem(path: Path) -> str | None:
+    """Why an idx file (MNIST's format) is damaged, judged by its header, or None (fine or absent)."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as file:
+        head = file.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or not 1 <= head[3] <= 4:
+            return "not an idx file"
+        dims = [int.from_bytes(file.read(4), "big") for _ in range(head[3])]
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    size = path.stat().st_size
+    return None if size == expected else f"{size:,} bytes where its header promises {expected:,}"
 
 
 @loader("mnist")
@@ -333,7 +358,7 @@ def stl10(root: Path) -> DataSet:
 # a user's own images
 
 
-def image_folder(path: Path, image_size: int = 0) -> DataSet:
+def image_folder(path: Path, image_size: int = 0, strict_images: bool = False) -> DataSet:
     """An ImageFolder tree: PATH/train/<class>/<image>, optional PATH/val/ and PATH/test/ alike.
 
     Missing val/ or test/ are held out of train/, seeded and stratified: test 20 %, val 10 % of train/.
@@ -361,11 +386,29 @@ def image_folder(path: Path, image_size: int = 0) -> DataSet:
 
     from PIL import Image
 
-    headers = {}
+    if len(classes) < 2:
+        raise DataUnavailable(f"{name}: train/ has {len(classes)} class folder{'s' * (len(classes) != 1)} "
+                              f"({', '.join(classes) or 'none'}); a classifier needs at least two")
+    headers, unreadable = {}, []
     for split_samples in samples.values():
         for file, _ in split_samples:
-            with Image.open(file) as image:
-                headers[file] = image.mode, image.size
+            try:
+                with Image.open(file) as image:
+                    image.load()  # decode now: a truncated file fails here, not halfway through training
+                    headers[file] = image.mode, image.size
+            except (OSError, SyntaxError, ValueError):
+                unreadable.append(file)
+    if unreadable and strict_images:
+        raise DataUnavailable(f"{name}: {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}; "
+                              "replace or remove them, or drop --strict-images to skip them")
+    samples = {split: [(f, c) for f, c in items if f in headers] for split, items in samples.items()}
+    counts = torch.bincount(torch.tensor([c for _, c in samples["train"]] or [0]), minlength=len(classes))
+    needed = 1 + ("val" not in samples) + ("test" not in samples)  # one image per split held out of train/
+    if int(counts.min()) < needed:
+        small = classes[int(counts.argmin())]
+        raise DataUnavailable(f"{name}: class {small!r} has {int(counts.min())} readable image(s) in train/; "
+                              f"each class needs at least {needed} (train" + ", val" * ("val" not in samples) +
+                              ", test" * ("test" not in samples) + " each), or give val/ and test/ folders")
     grey = all(mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") for mode, _ in headers.values())
     sizes = sorted({size for _, size in headers.values()})
     if not image_size and len(sizes) > 1:
@@ -382,7 +425,8 @@ def image_folder(path: Path, image_size: int = 0) -> DataSet:
         val, train = split_off(train, round(0.1 * n))
     mean, std = channel_stats(train[0])
     return DataSet(name, train, val, test, num_classes=len(classes), in_chans=1 if grey else 3,
-                   image_size=max(width, height), mean=mean, std=std, classes=classes, augment=crop_flip)
+                   image_size=max(width, height), mean=mean, std=std, classes=classes, augment=crop_flip,
+                   skipped=unreadable)
 
 
 def split_off(split: tuple[Tensor, Tensor], size: int):

@@ -1,5 +1,6 @@
 """Behaviour of odn: the plateau rule, the search's choices, parameter counts, round-trips, the CLI."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -215,6 +216,98 @@ def test_early_replays_the_papers_epochs_and_only_stops_them_sooner():
     assert finetune.name == "finetune" and early[2].val_curve + finetune.val_curve == paper[2].val_curve
     assert runs["early"].val_accuracy == paper[2].best_val
     assert runs["early"].cost["epochs"] < runs["paper"].cost["epochs"]
+
+
+def test_one_cycle_rises_linearly_for_a_quarter_then_falls_as_a_cosine_to_zero():
+    lr = lambda step: odn.one_cycle(step, 100)
+    assert [lr(0), lr(11), lr(24)] == pytest.approx([1 / 25, 12 / 25, 1.0])  # linear warm-up over 25 steps
+    assert lr(25) == pytest.approx(1.0)
+    assert lr(25 + 75 / 2) == pytest.approx(0.5)  # cosine: half-way down at the middle of the decay
+    assert lr(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 74 / 75)))
+    assert lr(100) == pytest.approx(0.0) and lr(150) == pytest.approx(0.0)
+
+
+def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
+    """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
+    lrs = []
+    real = odn.train_epoch
+
+    def spy(loss_fn, optimizer, *args, **kwargs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return real(loss_fn, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(odn, "train_epoch", spy)
+    s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
+                     max_depth=2, min_steps=1)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 4)]
+    steps = odn.steps_per_epoch(512, 64)  # 8
+    # the LR at the start of each epoch: warm-up 0.01 (fast's), then one-cycle × peak per phase
+    expected = [0.01] + [0.4 * odn.one_cycle(e * steps, 2 * steps) for e in range(2)] + \
+        [0.4 * odn.one_cycle(e * steps, 4 * steps) for e in range(4)]
+    assert lrs == pytest.approx(expected)
+    # on small data a look lasts at least --min-steps, and the long look stretches by the same factor
+    s.min_steps = 20  # 8 steps an epoch: 3 epochs, not 2
+    assert [odn.schedule_epochs(odn.Phase(name, 1, 0.1), s, steps) for name in ("search", "finetune")] == [3, 6]
+    s.min_steps = 1000  # 125 epochs, and 250 for the long look
+    assert [odn.schedule_epochs(odn.Phase(name, 1, 0.1), s, steps) for name in ("search", "finetune")] == [125, 250]
+
+
+def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypatch):
+    """A depth is judged at the end of its short schedule: far below target → next depth; within
+    reach (error ≤ reach × the target's) → the long schedule, which then is also its fine-tune."""
+    readings = {("search", 1): 0.80, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
+                ("finetune", 3): 0.992}
+
+    def scripted(net, phase, data, optimizer, s, macs, generator, emit, stop=None, schedule=None, resume=None):
+        phase.budget = odn.schedule_epochs(phase, s, odn.steps_per_epoch(len(data.train[1]), s.batch_size))
+        while not stop(phase, s):
+            phase.epochs += 1
+            odn.plateau_step(phase, readings[phase.name, phase.depth], s)
+        return net.state_at(phase.depth)
+
+    monkeypatch.setattr(odn, "train_phase", scripted)
+    s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8)]
+    assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.955
+    # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
+    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
+                                                              ("finetune", 3)]
+    assert result.depth == 3
+
+
+def test_auto_speed_keeps_the_faster_of_the_timed_settings():
+    net = odn.DepthNet(TinyNet(depth=2), 2)
+    data = odn.Data(train=(torch.zeros(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)), val=(None, None))
+    timings = {(False, False): 3.0, (True, False): 1.0, (False, True): 2.0, (True, True): 4.0}
+    fake = lambda amp, channels_last: timings[amp, channels_last]
+    amp, channels_last, seen = odn.choose_speed(net, data, odn.Settings(amp=None, channels_last=None), 1, fake)
+    assert (amp, channels_last) == (True, False) and len(seen) == 4
+    timings[True, False] = 10.0  # bf16 ten times slower, as on an AVX2-only CPU
+    assert odn.choose_speed(net, data, odn.Settings(amp=None, channels_last=None), 1, fake)[:2] == (False, True)
+    # a setting given by the user is kept and only the other one is timed
+    amp, channels_last, seen = odn.choose_speed(net, data, odn.Settings(amp=True, channels_last=None), 1, fake)
+    assert (amp, channels_last) == (True, True) and seen == {"amp=True channels_last=False": 10.0,
+                                                             "amp=True channels_last=True": 4.0}
+
+
+def test_auto_speed_is_chosen_by_real_timing_and_recorded():
+    torch.manual_seed(0)
+    net = odn.DepthNet(archs.build("resnet18", num_classes=10, in_chans=1, image_size=8), 10)
+    d = datasets.load("digits")
+    data = odn.Data(d.train, d.val, d.test, d.mean, d.std)
+    events = []
+    s = odn.Settings(target=0.5, strategy="fast", short_epochs=1, long_epochs=1, max_depth=1, amp=None,
+                     channels_last=None)
+    result = odn.search(net, data, s, on_event=events.append)
+    speed = [e for e in events if e["event"] == "speed"]
+    assert len(speed) == 1 and len(speed[0]["seconds_per_image"]) == 4
+    assert result.speed["amp"] in (True, False) and all(t > 0 for t in result.speed["seconds_per_image"].values())
 
 
 def test_carry_keeps_the_converged_weights_and_takes_the_new_block_from_warmup(monkeypatch):
@@ -781,3 +874,269 @@ def test_arch_table_lists_blocks_params_and_flops():
                                                                        ("mobilenetv3_small_100", 12, 932_778)]
     assert all(r["macs"] > 0 for r in rows)
     assert archs.table(rows, 32).row_count == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# crash safety: checkpoints, resume, signals, numerical faults
+
+
+# warm-up 2 epochs; depths 1 and 2 are rejected (far below 99.9 %), then depth 2 is fine-tuned: 12 epochs
+RESUMABLE = ["--arch", "wrn10_1", "--strategy", "fast", "--target", "0.999", "--max-depth", "2",
+             "--warmup-epochs", "2", "--short-epochs", "3", "--long-epochs", "4", "--min-steps", "1",
+             "--no-amp", "--no-channels-last"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # bit-identical needs the same thread count
+
+
+def stop_when(args, line_start: str, how=None):
+    """Start the CLI and stop it (SIGKILL, or the signal `how`) as soon as it prints a line starting so."""
+    process = subprocess.Popen([sys.executable, str(HERE / "odn.py"), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=HERE, env={**os.environ, **ONE_THREAD})
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith(line_start):
+            process.send_signal(how) if how else process.kill()
+            break
+    output += process.stdout.readlines()
+    return process.wait(timeout=300), "".join(output)
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Same depth, accuracies and epochs, and bit-identical extracted weights."""
+    from safetensors.torch import load_file
+
+    ra, rb = (json.loads((run / "odn.json").read_text()) for run in (a, b))
+    for key in ("depth", "val_accuracy", "test_accuracy", "target_reached"):
+        assert ra[key] == rb[key], key
+    assert [(p["name"], p["depth"], p["epochs"], p["best_val"], p["val_curve"]) for p in ra["phases"]] == \
+        [(p["name"], p["depth"], p["epochs"], p["best_val"], p["val_curve"]) for p in rb["phases"]]
+    wa, wb = load_file(str(a / "odn.safetensors")), load_file(str(b / "odn.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = run_cli(*RESUMABLE, "--out", str(out), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert [(p["name"], p["depth"], p["epochs"]) for p in json.loads((out / "odn.json").read_text())["phases"]] == \
+        [("warmup", 2, 2), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 4)]
+    assert not (out / "checkpoint.safetensors").exists()  # removed once the run has finished
+    return out
+
+
+@pytest.mark.parametrize("kill_after, phase", [
+    ("warmup d=2 epoch 1", "warmup"),  # inside the warm-up
+    ("search d=1 epoch 1", "search"),  # inside a depth that is then rejected
+    ("finetune d=2 epoch 1", "finetune"),  # inside the fine-tune
+])
+def test_a_run_killed_anywhere_resumes_to_the_same_network(tmp_path, uninterrupted, kill_after, phase):
+    out = tmp_path / "run"
+    code, _ = stop_when([*RESUMABLE, "--out", str(out)], kill_after)
+    assert code == -9 and (out / "checkpoint.safetensors").exists() and not (out / "odn.json").exists()
+    done = run_cli(*RESUMABLE, "--out", str(out), "--resume", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    same_run(out, uninterrupted)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    marker = next(r for r in history if r["event"] == "resume")
+    epochs = [r for r in history if r["event"] == "epoch"]
+    assert marker["epochs_logged"] - marker["epochs_done"] <= 1  # at most one epoch was trained again
+    assert epochs[marker["epochs_done"]]["phase"] == phase  # the kill landed where it was meant to
+    assert len(epochs) == json.loads((out / "odn.json").read_text())["search_cost"]["epochs"] == 12
+    reference = [json.loads(line) for line in (uninterrupted / "history.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in epochs] == [r["loss"] for r in reference]  # every epoch exactly as before
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_saves_a_checkpoint_mid_epoch_and_says_how_to_resume(tmp_path, uninterrupted, signal_name, code):
+    import signal
+
+    out = tmp_path / "run"
+    exit_code, output = stop_when([*RESUMABLE, "--out", str(out)], "search d=1 epoch 1",
+                                  getattr(signal, signal_name))
+    assert exit_code == code, output
+    assert "continue with: python odn.py" in output and f"--out {out} --resume" in output
+    assert "Traceback" not in output
+    done = run_cli(*RESUMABLE, "--out", str(out), "--resume", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    same_run(out, uninterrupted)
+
+
+def test_a_nan_loss_stops_with_the_fix_and_keeps_the_warmup(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    done = run_cli(*RESUMABLE, "--peak-lr", "1e12", "--out", str(out), env=ONE_THREAD)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the training loss became" in lines[0] and "depth 1 (search, epoch 1)" in lines[0]
+    assert "lower the learning rate" in lines[0]
+    from safetensors.torch import load_file
+    kept, reference = (load_file(str(run / "warmup.safetensors")) for run in (out, uninterrupted))
+    assert kept.keys() == reference.keys() and all(torch.equal(kept[k], reference[k]) for k in kept)
+
+
+def test_the_same_command_and_seed_gives_bit_identical_results(tmp_path, uninterrupted):
+    out = tmp_path / "again"
+    assert run_cli(*RESUMABLE, "--out", str(out), env=ONE_THREAD).returncode == 0
+    same_run(out, uninterrupted)
+
+
+def test_checkpoints_round_trip_optimizer_and_generator_state(tmp_path):
+    net = odn.DepthNet(TinyNet(depth=2), 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(4, 2), 2).sum().backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(3)
+    state = odn.snapshot(net, odn.Phase("search", 2, 0.1, epochs=4, val_curve=[0.5, 0.75]), optimizer, None,
+                         generator, net.state_at(2))
+    odn.save_checkpoint(tmp_path / "c.safetensors", {**state, "journal": [], "index": 0}, {"arch": "tiny"})
+    back, facts = odn.read_checkpoint(tmp_path / "c.safetensors")
+    assert facts == {"arch": "tiny"} and back["phase"] == state["phase"]
+    assert back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    assert all(torch.equal(back["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+               for k, v in state["optimizer"]["state"].items())  # int keys survive JSON
+    assert torch.equal(back["generator"], state["generator"]) and back["position"] is None
+    (tmp_path / "c.safetensors").write_bytes((tmp_path / "c.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="is damaged"):
+        odn.read_checkpoint(tmp_path / "c.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one clear line, exit code ≠ 0, no traceback, nothing in an existing output folder touched
+
+
+def folder_of(root: Path, counts: dict[str, int], broken: int = 0) -> str:
+    """An image folder with `counts` PNGs per class (and `broken` unreadable files in the first class)."""
+    from PIL import Image
+
+    for c, n in counts.items():
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("L", (8, 8), color=(37 * i + 90 * len(c)) % 256).save(root / "train" / c / f"{i}.png")
+    first = next(iter(counts))
+    for i in range(broken):
+        (root / "train" / first / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    return f"folder:{root}"
+
+
+def damaged_mnist(root: Path) -> list[str]:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        dims = (1000, 28, 28) if "images" in name else (1000,)  # the header promises far more than follows
+        (raw / name).write_bytes(bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + bytes(40))
+    return ["--data", "mnist", "--data-dir", str(root)]
+
+
+BAD_INPUTS = [  # (arguments or a function of tmp_path giving them, what the one line must say)
+    (["--target", "1.5"], "--target must be in (0, 1]"),
+    (["--target", "0"], "--target must be in (0, 1]"),
+    (["--batch-size", "0"], "--batch-size 0 is out of range: must be ≥ 1"),
+    (["--patience", "0"], "--patience 0 is out of range"),
+    (["--lr-patience", "-1"], "--lr-patience -1 is out of range"),
+    (["--lr", "-0.1"], "--lr -0.1 is out of range: must be > 0"),
+    (["--lr", "0"], "--lr 0.0 is out of range"),
+    (["--lr-decay", "1.5"], "--lr-decay 1.5 is out of range: must be in (0, 1)"),
+    (["--lr-decay", "0"], "--lr-decay 0.0 is out of range"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs -1 is out of range: must be ≥ 0"),
+    (["--warmup-lr", "0"], "--warmup-lr 0.0 is out of range"),
+    (["--max-epochs", "-2"], "--max-epochs -2 is out of range"),
+    (["--start-depth", "0"], "--start-depth"),
+    (["--start-depth", "9"], "--max-depth <= 8"),
+    (["--max-depth", "3", "--start-depth", "4"], "--start-depth (4) <= --max-depth (3"),
+    (["--max-depth", "20"], "--max-depth <= 8"),
+    (["--strategy", "fast", "--short-epochs", "0"], "--short-epochs 0 is out of range"),
+    (["--strategy", "fast", "--short-epochs", "5", "--long-epochs", "4"], "--short-epochs 5 must be ≤ --long-epochs 4"),
+    (["--peak-lr", "0"], "--peak-lr 0.0 is out of range"),
+    (["--reach", "0.5"], "--reach 0.5 is out of range: must be ≥ 1"),
+    (["--min-steps", "0"], "--min-steps 0 is out of range"),
+    (["--tolerance", "0.6", "--target", "0.5"], "--tolerance 0.6 must be below --target 0.5"),
+    (["--tolerance", "-0.1"], "--tolerance -0.1 is out of range"),
+    (["--reject-margin", "-1"], "--reject-margin -1.0 is out of range"),
+    (["--train-subset", "-5"], "--train-subset -5 is out of range"),
+    (["--val-subset", "-1"], "--val-subset -1 is out of range"),
+    (["--image-size", "-3"], "--image-size -3 is out of range"),
+    (["--train-subset", "5000"], "--train-subset 5000 is larger than the split (1,257 images)"),
+    (["--val-subset", "1000"], "--val-subset 1000 is larger than the split (180 images)"),
+    (["--strategy", "nope"], "unknown strategy 'nope'; known: paper, early, carry, fast"),
+    (["--arch", "resnet7"], "unknown architecture 'resnet7'; known:"),
+    (["--data", "imagenet22k"], "unknown data set 'imagenet22k'; known:"),
+    (["--device", "tpu"], "--device tpu is not available here"),
+    (lambda tmp: damaged_mnist(tmp / "data"), "train-images-idx3-ubyte is damaged (56 bytes where its header promises 784,016)"),
+    (lambda tmp: ["--data", folder_of(tmp / "one", {"a": 5})], "has 1 class folder (a); a classifier needs at least two"),
+    (lambda tmp: ["--data", folder_of(tmp / "small", {"a": 5, "b": 2})], "class 'b' has 2 readable image(s)"),
+    (lambda tmp: ["--data", folder_of(tmp / "broken", {"a": 5, "b": 5}, broken=2), "--strict-images"],
+     "2 unreadable image(s), e.g. "),
+    (lambda tmp: ["--data", f"folder:{tmp / 'nothing'}"], "no folder"),
+    (lambda tmp: ["--out", str(tmp / "out" / "keep.txt")], "keep.txt is a file, not a folder"),
+    (lambda tmp: ["--out", str(tmp / "out" / "keep.txt" / "run")], "keep.txt is a file, not a folder"),
+    (lambda tmp: (tmp / "out" / "odn.json").write_text("{}") and ["--out", str(tmp / "out")],
+     "already holds a finished run; use --force"),
+    (lambda tmp: (tmp / "out" / "checkpoint.safetensors").write_bytes(b"x") and ["--out", str(tmp / "out")],
+     "holds an interrupted run; add --resume"),
+    (lambda tmp: ["--out", str(tmp / "out"), "--resume"], "nothing to resume in"),
+    (lambda tmp: (tmp / "out" / "checkpoint.safetensors").write_bytes(b"x") and
+     ["--out", str(tmp / "out"), "--resume"], "checkpoint.safetensors is damaged"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("a finished file")
+    args = args(tmp_path) if callable(args) else args
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    if "--out" not in args:
+        args = [*args, "--out", str(out)]
+    done = run_cli(*args, env=ONE_THREAD)
+    assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and message in " ".join(lines), done.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # nothing written, nothing lost
+
+
+def test_a_resume_with_other_settings_is_refused_by_name(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    code, _ = stop_when([*RESUMABLE, "--out", str(out)], "search d=1 epoch 1")
+    done = run_cli(*RESUMABLE, "--target", "0.9", "--out", str(out), "--resume", env=ONE_THREAD)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: --target 0.9 differs from the interrupted run's 0.999: resume with the same options, or start "
+        "over with --force")
+
+
+def test_unreadable_images_are_skipped_with_one_warning(tmp_path):
+    done = run_cli("--data", folder_of(tmp_path / "f", {"a": 12, "b": 12}, broken=2), "--max-depth", "1",
+                   "--strategy", "fast", "--min-steps", "1", "--short-epochs", "1", "--long-epochs", "1",
+                   "--out", str(tmp_path / "run"), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stdout.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and "skipped 2 unreadable image(s)" in warning[0] and "broken0.png" in warning[0]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "odn.safetensors").write_bytes((run / "odn.safetensors").read_bytes()[:200]),
+     "odn.safetensors:"),
+    (lambda run: (run / "odn.json").write_text("{not json"), "odn.json:"),
+    (lambda run: (run / "odn.json").unlink(), "odn.json:"),
+    (lambda run: (run / "odn.json").write_text(json.dumps({**json.loads((run / "odn.json").read_text()),
+                                                           "arch": "resnet7"})), "unknown architecture 'resnet7'"),
+    (lambda run: (run / "odn.json").write_text(json.dumps({**json.loads((run / "odn.json").read_text()),
+                                                           "depth": 1})), "unexpected tensors"),
+    (lambda run: (run / "odn.json").write_text(json.dumps({**json.loads((run / "odn.json").read_text()),
+                                                           "num_classes": 3})), "has shape"),
+    (lambda run: (run / "odn.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (run / "odn.json").read_text()).items() if k != "arch"})), "odn.json lacks 'arch'"),
+    (lambda run: ((run / "odn.json").unlink(), (run / "checkpoint.safetensors").write_bytes(b"x")),
+     "unfinished run"),
+])
+def test_load_of_a_damaged_run_names_the_file_and_the_problem(tmp_path, uninterrupted, damage, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    assert odn.load(run) is not None
+    damage(run)
+    with pytest.raises(ValueError, match="cannot load a network from") as error:
+        odn.load(run)
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -262,6 +263,10 @@ class Settings:
     amp: bool | None = False  # bf16 autocast (fp16 + loss scaling where bf16 is missing); None: time both
     channels_last: bool | None = False  # None: time both
     compile: bool = False
+    # budgets (0 = none): a depth over any of them is never trained (§III-C's expansion stops below it)
+    max_params: int = 0
+    max_macs: int = 0  # forward multiply-adds per image
+    max_latency_ms: float = 0.0  # batch-1 latency on the device at hand, measured once per depth
 
     def __post_init__(self) -> None:
         fast = self.strategy == "fast"
@@ -283,7 +288,8 @@ class Settings:
         for name in ("batch_size", "patience", "lr_patience", "short_epochs", "long_epochs", "min_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{option(name)} is out of range: must be ≥ 1")
-        for name in ("warmup_epochs", "max_epochs", "momentum", "weight_decay", "reject_margin", "tolerance"):
+        for name in ("warmup_epochs", "max_epochs", "momentum", "weight_decay", "reject_margin", "tolerance",
+                     "max_params", "max_macs", "max_latency_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{option(name)} is out of range: must be ≥ 0")
         for name in ("lr", "warmup_lr", "peak_lr"):
@@ -345,6 +351,7 @@ class Result:
     macs: list[int]  # forward multiply-adds per image at depth 1..N
     baseline: Phase | None = None  # the full depth trained alone, when asked for; not part of the cost
     speed: dict | None = None  # the measured choice of autocast and memory format, when asked for
+    budget: dict | None = None  # per-depth params / MACs / latency and the deepest depth within the budgets
 
     @property
     def cost(self) -> dict[str, float]:
@@ -620,7 +627,6 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     s.check(net.max_depth)
     start, stop, schedule = STRATEGIES[s.strategy]
     torch.manual_seed(s.seed)
-    last = s.max_depth or net.max_depth
     goal = s.target - s.tolerance
     net.to(data.train[0].device).eval()  # eval: batch-norm cannot count a batch of one in training mode
     sample = normalise(data.train[0][:1], data.mean, data.std)
@@ -628,10 +634,14 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     phases, weights, journal = [], {}, []  # journal: (record, weights) of every finished phase, in order
     report = on_event or (lambda record: None)
     speed = resume["speed"] if resume else None
+    # a latency budget is measured on this device; a resumed run keeps the measurement it started with
+    budget = resume["budget"] if resume else within_budget(net, s, macs, sample)
+    last = min(s.max_depth or net.max_depth, budget["depth"] if budget else net.max_depth)
 
     def emit(record: dict):
         if record["event"] == "checkpoint":
-            record = {**record, "journal": journal, "index": len(journal), "settings": asdict(s), "speed": speed}
+            record = {**record, "journal": journal, "index": len(journal), "settings": asdict(s), "speed": speed,
+                      "budget": budget}
         return report(record)
 
     if resume:  # the speed settings the run started with: a new choice would change its numbers
@@ -722,7 +732,28 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         if d not in tuned:
             tuned[d] = fine_tune(d, best, optimizer, generator, continuing)
     net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
-    return Result(d, reached, tuned[d].best_val, phases, weights, warm, macs, baseline, speed)
+    return Result(d, reached, tuned[d].best_val, phases, weights, warm, macs, baseline, speed, budget)
+
+
+def within_budget(net: DepthNet, s: Settings, macs: list[int], sample: Tensor) -> dict | None:
+    """The deepest depth whose parameters, multiply-adds and batch-1 latency all fit the budgets."""
+    if not (s.max_params or s.max_macs or s.max_latency_ms):
+        return None
+    facts = {"params": [count_params(extract(net, d)) for d in range(1, net.max_depth + 1)], "macs": macs,
+             "latency_ms": [latency_ms(extract(net, d), sample) if s.max_latency_ms else None
+                            for d in range(1, net.max_depth + 1)]}
+    fits = [(not s.max_params or p <= s.max_params) and (not s.max_macs or m <= s.max_macs) and
+            (not s.max_latency_ms or t <= s.max_latency_ms)
+            for p, m, t in zip(facts["params"], macs, facts["latency_ms"])]
+    if not fits[s.start_depth - 1]:
+        raise ValueError(f"depth {s.start_depth} is already over the budget ({facts['params'][s.start_depth - 1]:,} "
+                         f"params, {macs[s.start_depth - 1]:,} multiply-adds"
+                         + (f", {facts['latency_ms'][s.start_depth - 1]:.2f} ms" if s.max_latency_ms else "")
+                         + "); raise --max-params / --max-macs / --max-latency-ms")
+    depth = s.start_depth
+    while depth < net.max_depth and fits[depth]:
+        depth += 1
+    return {**facts, "depth": depth}
 
 
 def choose_speed(net: DepthNet, data: Data, s: Settings, depth: int,
@@ -855,7 +886,12 @@ def save_weights(path: Path, state: dict[str, Tensor], metadata: dict | None = N
     # safetensors refuses shared or non-contiguous storage: clone each tensor on the CPU
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    atomic_write(path, lambda name: save_file(tensors, name, metadata=text))
+    from safetensors import SafetensorError
+
+    try:
+        atomic_write(path, lambda name: save_file(tensors, name, metadata=text))
+    except SafetensorError as error:  # its I/O errors (a full disk) are OSErrors to every caller
+        raise OSError(str(error).replace("\n", " ")) from None
 
 
 def save_json(path: Path, record: dict) -> None:
@@ -952,6 +988,139 @@ def load(out_dir: str | Path, build: Callable[..., DepthPartitionable] | None = 
 
 
 # ----------------------------------------------------------------------------------------------
+# deploy: ONNX with checked parity, latency in torch and onnxruntime (optional extra: odn[deploy])
+
+
+DEPLOY_MISSING = "ONNX export skipped: it needs the deploy extra — pip install 'odn[deploy]' (onnx, onnxscript, onnxruntime)"
+
+
+def deploy_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def export_onnx(model: nn.Module, sample: Tensor, path: Path) -> None:
+    """Write `model` as ONNX (opset 18, torch's exporter) with a dynamic batch axis: input `image`."""
+    import contextlib
+    import io
+
+    model = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
+        program = torch.onnx.export(model, (sample.float().contiguous(),), input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes={"x": {0: batch}}, dynamo=True,
+                                    opset_version=18, verbose=False)
+    atomic_write(path, lambda name: program.save(name))
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()  # compare like with like
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.inference_mode()
+def onnx_parity(path: Path, model: nn.Module, split: tuple[Tensor, Tensor], data: Data) -> dict:
+    """Run the whole split through onnxruntime and PyTorch: the largest logit difference and how
+    often the two agree on the class — checked, never assumed."""
+    session, model = onnx_session(path), model.float().eval()
+    largest, agree = 0.0, 0
+    for xb, _ in batches(*split, 1000, data):
+        expected = model(xb).float().cpu()
+        got = torch.from_numpy(session.run(None, {"image": xb.float().contiguous().cpu().numpy()})[0])
+        largest = max(largest, (got - expected).abs().max().item())
+        agree += (got.argmax(-1) == expected.argmax(-1)).sum().item()
+    return {"max_abs_logit_diff": largest, "argmax_agreement": agree / len(split[1])}
+
+
+@torch.inference_mode()
+def speeds(model: nn.Module, onnx_path: Path | None, sample: Tensor) -> dict:
+    """Median batch-1 latency (ms) and batch-128 throughput (img/s), PyTorch eager and onnxruntime."""
+    one, many = sample[:1].float(), sample[:1].float().expand(128, *sample.shape[1:]).contiguous()
+    runs = {"torch": lambda x: model(x)}
+    if onnx_path is not None:
+        session = onnx_session(onnx_path)
+        runs["onnxruntime"] = lambda x: session.run(None, {"image": x.cpu().numpy()})
+    model.float().eval()
+    result = {"threads": torch.get_num_threads()}
+    for name, run in runs.items():
+        result[f"{name}_ms_batch1"] = 1000 * median_seconds(lambda: run(one), repeats=50)
+        result[f"{name}_img_s_batch128"] = 128 / median_seconds(lambda: run(many), repeats=5)
+    return result
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if i >= warmup:  # first calls allocate and choose kernels
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, data: Data, images: int = 512) -> dict:
+    """onnxruntime static int8 quantisation (QDQ, per-channel weights), calibrated on training images;
+    returns its size, its test accuracy and its speed."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x = normalise(data.train[0][torch.randperm(len(data.train[1]), generator=torch.Generator().manual_seed(0))[:images]],
+                  data.mean, data.std).float().cpu()
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"image": xb.contiguous().numpy()} for xb in x.split(32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared))
+        atomic_write(out_path, lambda name: quantize_static(
+            str(prepared), name, Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
+    session = onnx_session(out_path)
+    test = data.test if data.test is not None else data.val
+    correct = sum((torch.from_numpy(session.run(None, {"image": xb.float().cpu().numpy()})[0]).argmax(-1) == yb.cpu())
+                  .sum().item() for xb, yb in batches(test[0].cpu(), test[1].cpu(), 1000, data))
+    one = x[:1].numpy()
+    many = x[:1].expand(128, *x.shape[1:]).contiguous().numpy()
+    return {"file": out_path.name, "size_mb": out_path.stat().st_size / 2**20, "test_accuracy": correct / len(test[1]),
+            "onnxruntime_ms_batch1": 1000 * median_seconds(lambda: session.run(None, {"image": one}), 50),
+            "onnxruntime_img_s_batch128": 128 / median_seconds(lambda: session.run(None, {"image": many}), 5)}
+
+
+def deploy(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, int8: bool = False) -> dict:
+    """Export the optimal network to ONNX, check it against PyTorch on the test split, time both networks."""
+    sample = normalise(data.train[0][:1], data.mean, data.std).cpu()
+    model, full = copy.deepcopy(model).cpu().float(), copy.deepcopy(full).cpu().float()
+    export_onnx(model, sample, out_dir / "model.onnx")
+    test = data.test if data.test is not None else data.val
+    parity = onnx_parity(out_dir / "model.onnx", model, (test[0].cpu(), test[1].cpu()), data)
+    if parity["argmax_agreement"] < 0.999 or parity["max_abs_logit_diff"] > 1e-3:
+        raise ValueError(f"{out_dir / 'model.onnx'} disagrees with PyTorch (max |Δlogit| "
+                         f"{parity['max_abs_logit_diff']:.2e}, same class on {parity['argmax_agreement']:.2%} of "
+                         "the test split): do not deploy it; please report this with the run folder")
+    with tempfile.TemporaryDirectory() as folder:  # the full network, to measure what the cut buys
+        export_onnx(full, sample, Path(folder) / "full.onnx")
+        optimal, whole = speeds(model, out_dir / "model.onnx", sample), speeds(full, Path(folder) / "full.onnx", sample)
+    speedup = {k: (whole[k] / optimal[k] if k.endswith("ms_batch1") else optimal[k] / whole[k])
+               for k in optimal if k != "threads"}
+    return {"onnx": "model.onnx", "input": {"name": "image", "shape": ["batch", *sample.shape[1:]],
+                                            "mean": list(data.mean), "std": list(data.std)},
+            "size_mb": (out_dir / "model.onnx").stat().st_size / 2**20,
+            "parity": parity, "optimal": optimal, "full": whole, "speedup": speedup,
+            "int8": quantize_int8(out_dir / "model.onnx", out_dir / "model.int8.onnx", data) if int8 else None}
+
+
+# ----------------------------------------------------------------------------------------------
 # command line: parse, validate, call the core, report with rich, write files
 
 
@@ -997,6 +1166,12 @@ HELP = {
            "and keep the faster",
     "channels_last": "channels-last memory format; default: time a few steps both ways and keep the faster",
     "compile": "torch.compile each block",
+    "max_params": "budget: never train a depth with more parameters than this (0 = no budget)",
+    "max_macs": "budget: never train a depth with more forward multiply-adds per image than this (0 = none)",
+    "max_latency_ms": "budget: never train a depth slower than this at batch 1 on this device, measured once per "
+                      "depth (0 = none)",
+    "export": "export the finished run in this folder to ONNX (parity and latency checked), then exit",
+    "int8": "also write model.int8.onnx: onnxruntime static int8 quantisation calibrated on 512 training images",
     "strict_images": "folders: stop at an unreadable image instead of skipping it with a warning",
     "resume": "continue the interrupted run in --out from its last checkpoint (same options)",
     "force": "start over in an --out that already holds a run (finished or interrupted)",
@@ -1017,7 +1192,8 @@ def cli(
     min_steps: int = 100,
     peak_lr: float = 0.2, reach: float = 2.0, baseline: bool = False, amp: bool | None = None,
     channels_last: bool | None = None, compile: bool = False, resume: bool = False, force: bool = False,
-    keep_checkpoints: bool = False, strict_images: bool = False, list_archs: bool = False,
+    keep_checkpoints: bool = False, strict_images: bool = False, max_params: int = 0, max_macs: int = 0,
+    max_latency_ms: float = 0.0, export: str = "", int8: bool = False, list_archs: bool = False,
 ) -> None:
     """Find the optimal depth of ARCH for DATA, fine-tune it, extract it and report Table I."""
     from rich.console import Console
@@ -1032,6 +1208,8 @@ def cli(
         size = image_size or 32
         console.print(archs.table(archs.describe(archs.names(), size), size))
         return
+    if export:
+        return export_run(Path(export), data_dir, console, int8)
     # every option named like a Settings field is that field: the CLI adds nothing of its own
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     for name in ("train_subset", "val_subset", "image_size"):
@@ -1110,8 +1288,9 @@ def cli(
     except ValueError as error:
         fail(str(error))
     except OSError as error:
+        then = f"then {resume_command}" if (out_dir / CHECKPOINT).exists() else "then run the same command again"
         fail(f"cannot write in {out_dir} ({error.strerror or error}); the last complete checkpoint and every "
-             f"finished file there are intact: free space, then {resume_command}", code=1)
+             f"finished file there are intact: free space, {then}", code=1)
     rows = report_rows(net, result, run_data)
     record = run_record(result, rows, settings, facts, net.max_depth, len(train[1]))
     model = extract(net, result.depth)
@@ -1122,10 +1301,59 @@ def cli(
     if not keep_checkpoints:
         (out_dir / CHECKPOINT).unlink(missing_ok=True)
     console.print(report_table(rows, record))
+    deploy_and_report(model, extract(net, net.max_depth), out_dir, run_data, record, console, int8)
     verdict = "reached" if result.target_reached else "[red]NOT reached[/] — best depth tried"
+    if result.budget and not result.target_reached and result.budget["depth"] < net.max_depth:
+        verdict = f"[red]not met within the budget[/] (depths ≤ {result.budget['depth']} fit it) — best depth within it"
     console.print(f"target {target:.2%} {verdict}: depth {result.depth}/{net.max_depth}, "
                   f"test {record['test_accuracy']:.2%}; search cost {record['search_cost']['flops'] / 1e12:.2f} "
                   f"TFLOP, {record['search_cost']['seconds']:.0f} s. Saved {out_dir}/odn.safetensors")
+
+
+def deploy_and_report(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, record: dict, console,
+                      int8: bool = False) -> None:
+    """model.onnx beside the weights, its parity and both networks' speed in odn.json and on screen."""
+    if not deploy_available():
+        console.print(DEPLOY_MISSING, style="yellow", markup=False, soft_wrap=True)
+        return
+    try:
+        record["deploy"] = deploy(model, full, out_dir, data, int8)
+    except ValueError as error:
+        fail(str(error), code=1)
+    save_json(out_dir / "odn.json", record)
+    d, parity = record["deploy"], record["deploy"]["parity"]
+    console.print(f"ONNX: {out_dir / 'model.onnx'} — max |Δlogit| vs PyTorch {parity['max_abs_logit_diff']:.1e}, "
+                  f"same class on {parity['argmax_agreement']:.2%} of the test split", soft_wrap=True, highlight=False)
+    for runtime in ("torch", "onnxruntime"):
+        console.print(f"{runtime:>11}: batch 1 {d['optimal'][f'{runtime}_ms_batch1']:.2f} ms (full depth "
+                      f"{d['full'][f'{runtime}_ms_batch1']:.2f}, ×{d['speedup'][f'{runtime}_ms_batch1']:.1f} faster); "
+                      f"batch 128 {d['optimal'][f'{runtime}_img_s_batch128']:,.0f} img/s (full "
+                      f"{d['full'][f'{runtime}_img_s_batch128']:,.0f}); {d['optimal']['threads']} threads",
+                      soft_wrap=True, highlight=False)
+    if d["int8"]:
+        q = d["int8"]
+        console.print(f"       int8: {out_dir / q['file']} — {q['size_mb']:.2f} MB (fp32 {d['size_mb']:.2f}), test "
+                      f"{q['test_accuracy']:.2%} (fp32 {record['test_accuracy']:.2%}), batch 1 "
+                      f"{q['onnxruntime_ms_batch1']:.2f} ms, batch 128 {q['onnxruntime_img_s_batch128']:,.0f} img/s",
+                      soft_wrap=True, highlight=False)
+
+
+def export_run(run_dir: Path, data_dir: str, console, int8: bool = False) -> None:
+    """`--export RUN_DIR`: ONNX, parity and latency for a finished run, added to its odn.json."""
+    import archs
+    import data as datasets
+
+    try:
+        model = load(run_dir)
+        record = json.loads((run_dir / "odn.json").read_text())
+        dataset = datasets.load(record["data"], data_dir or None, image_size=record["image_size"])
+        torch.manual_seed(record["settings"]["seed"])
+        net = DepthNet(archs.build(record["arch"], num_classes=record["num_classes"], in_chans=record["in_chans"],
+                                   image_size=record["image_size"]), record["num_classes"])
+    except (LookupError, ValueError, OSError, datasets.DataUnavailable) as error:
+        fail(str(error).strip("'\""))
+    data = Data(dataset.train, dataset.val, dataset.test, dataset.mean, dataset.std)
+    deploy_and_report(model, extract(net.eval(), net.max_depth), run_dir, data, record, console, int8)
 
 
 def fail(message: str, code: int = 2):
@@ -1274,7 +1502,8 @@ def run_record(result: Result, rows: list[dict], s: Settings, facts: dict, max_d
         except metadata.PackageNotFoundError:
             pass
     return {**facts, "depth": result.depth, "max_depth": max_depth, "target": s.target,
-            "target_reached": result.target_reached, "strategy": s.strategy,
+            "target_reached": result.target_reached, "target_met": result.target_reached, "strategy": s.strategy,
+            "budget": result.budget,
             "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
             "params": chosen["params"], "size_mb": chosen["size_mb"], "flops": chosen["macs"],
             "latency_ms": chosen["latency_ms"],

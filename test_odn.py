@@ -1140,3 +1140,116 @@ def test_load_of_a_damaged_run_names_the_file_and_the_problem(tmp_path, uninterr
     with pytest.raises(ValueError, match="cannot load a network from") as error:
         odn.load(run)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_failed_write_mid_run_says_what_is_intact(tmp_path):
+    """A full disk, simulated by a file-size limit: the run stops with one line, exit code 1."""
+    import resource
+    import signal
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(HERE / "odn.py"), *RESUMABLE, "--out", str(out)], capture_output=True,
+                          text=True, cwd=HERE, env={**os.environ, **ONE_THREAD}, preexec_fn=small_files, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write in {out}" in lines[0] and "intact" in lines[0], done.stderr
+    assert not list(out.glob(".*.tmp"))  # no half-written file left behind
+
+
+@pytest.mark.parametrize("budget", ["max_params", "max_macs"])
+def test_a_budget_stops_the_search_at_the_deepest_depth_within_it(budget):
+    net = odn.DepthNet(archs.build("resnet18", num_classes=10, in_chans=1, image_size=8), 10)
+    params = [odn.count_params(odn.extract(net, d)) for d in range(1, 9)]  # 75,338, 149,322, 380,106, …
+    sample = torch.zeros(1, 1, 8, 8)
+    macs = [odn.forward_macs(lambda x, d=d: net.eval()(x, d), sample) for d in range(1, 9)]
+    table = {"max_params": params, "max_macs": macs}[budget]
+    d = datasets.load("digits")
+    data = odn.Data(d.train, d.val, d.test, d.mean, d.std)
+    s = odn.Settings(target=0.9999, strategy="fast", short_epochs=1, long_epochs=1, min_steps=1, warmup_epochs=0,
+                     **{budget: table[2] - 1})  # depth 3 is one over: depths 1 and 2 fit
+    result = odn.search(net, data, s)
+    assert [p.depth for p in result.phases if p.name == "search"] == [1, 2]  # depth 3 is never trained
+    assert result.budget["depth"] == 2 and not result.target_reached and result.depth in (1, 2)
+    with pytest.raises(ValueError, match="depth 1 is already over the budget"):
+        odn.search(net, data, odn.Settings(target=0.9, **{budget: table[0] - 1}))
+
+
+def test_a_latency_budget_is_measured_per_depth_and_kept_in_the_record(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("--strategy", "fast", "--target", "0.9999", "--max-latency-ms", "1000", "--max-depth", "2",
+                   "--short-epochs", "1", "--long-epochs", "1", "--min-steps", "1", "--warmup-epochs", "0",
+                   "--out", str(out), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "odn.json").read_text())
+    assert record["target_met"] is False and len(record["budget"]["latency_ms"]) == 8
+    assert all(t > 0 for t in record["budget"]["latency_ms"]) and record["budget"]["depth"] == 8
+
+
+# ----------------------------------------------------------------------------------------------
+# deployment: ONNX with checked parity, latency, int8
+
+
+needs_deploy = pytest.mark.skipif(not odn.deploy_available(), reason="needs the deploy extra (onnx, onnxruntime)")
+
+
+@needs_deploy
+def test_every_run_writes_onnx_with_checked_parity_and_both_networks_timed(uninterrupted):
+    record = json.loads((uninterrupted / "odn.json").read_text())
+    d = record["deploy"]
+    assert (uninterrupted / "model.onnx").is_file() and d["onnx"] == "model.onnx"
+    assert d["parity"]["max_abs_logit_diff"] <= 1e-4 and d["parity"]["argmax_agreement"] >= 0.999
+    assert d["input"] == {"name": "image", "shape": ["batch", 1, 8, 8], "mean": record["mean"], "std": record["std"]}
+    for network in ("optimal", "full"):
+        assert d[network]["torch_ms_batch1"] > 0 and d[network]["onnxruntime_img_s_batch128"] > 0
+    assert d["speedup"]["torch_ms_batch1"] == pytest.approx(d["full"]["torch_ms_batch1"] / d["optimal"]["torch_ms_batch1"])
+
+
+@needs_deploy
+def test_the_onnx_file_runs_without_torch_or_odn(uninterrupted):
+    record = json.loads((uninterrupted / "odn.json").read_text())
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "odn", "archs", "data"):
+            sys.modules[name] = None  # importing any of them now fails
+        import json, numpy as np, onnxruntime
+        record = json.load(open({str(uninterrupted / "odn.json")!r}))
+        session = onnxruntime.InferenceSession({str(uninterrupted / "model.onnx")!r})
+        images = np.random.default_rng(0).integers(0, 256, (5, 1, 8, 8)).astype(np.float32) / 255
+        x = (images - np.array(record["mean"]).reshape(1, -1, 1, 1)) / np.array(record["std"]).reshape(1, -1, 1, 1)
+        logits = session.run(None, {{"image": x.astype(np.float32)}})[0]
+        print(logits.shape, [record["classes"][i] for i in logits.argmax(1)][:1])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"(5, {record['num_classes']})")
+
+
+@needs_deploy
+def test_export_of_an_existing_run_with_int8(tmp_path, uninterrupted):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "model.onnx").unlink()
+    done = run_cli("--export", str(run), "--int8", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    q = json.loads((run / "odn.json").read_text())["deploy"]["int8"]
+    assert (run / "model.onnx").is_file() and (run / q["file"]).is_file()
+    assert q["size_mb"] < 0.5 * json.loads((run / "odn.json").read_text())["deploy"]["size_mb"]
+    assert 0 < q["test_accuracy"] <= 1 and "int8:" in done.stdout
+
+
+def test_without_the_deploy_extra_the_run_says_so_once_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    script = ("import sys, runpy; sys.modules['onnxruntime'] = None; sys.argv = ['odn.py', *sys.argv[1:]]; "
+              f"runpy.run_path({str(HERE / 'odn.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", script, "--arch", "wrn10_1", "--strategy", "fast", "--max-depth", "1",
+                           "--short-epochs", "1", "--long-epochs", "1", "--min-steps", "1", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, **ONE_THREAD}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "deploy extra" in line]
+    assert lines == [odn.DEPLOY_MISSING] and (out / "odn.safetensors").is_file() and not (out / "model.onnx").exists()

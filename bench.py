@@ -3,7 +3,9 @@
     python bench.py strategies --profile digits            # the paper's protocol numbers, ~3 min on 2 cores
     python bench.py strategies --profile mnist             # ResNet-18, CPU-sized profile (see PROFILES)
     python bench.py strategies --profile fashion           # ResNet-34, CPU-sized profile
-    python bench.py grid --profile mnist                   # every depth trained alone: the oracle depth
+    python bench.py strategies --profile mnist --names fast  # one-cycle schedules (runs/bench/ keeps rows)
+    python bench.py grid --profile mnist                   # each depth trained alone: the oracle depth
+    python bench.py table mnist                            # every recorded row, ÷ paper / oracle / full
     python bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
 
 Each strategy runs on the same data, seed, initial weights and caps; the full-depth baseline

@@ -1309,7 +1309,7 @@ def cli(
         verdict = f"[red]not met within the budget[/] (depths ≤ {result.budget['depth']} fit it) — best depth within it"
     console.print(f"target {target:.2%} {verdict}: depth {result.depth}/{net.max_depth}, "
                   f"test {record['test_accuracy']:.2%}; search cost {record['search_cost']['flops'] / 1e12:.2f} "
-                  f"TFLOP, {record['search_cost']['seconds']:.0f} s. Saved {out_dir}/odn.safetensors")
+                  f"TFLOP, {record['search_cost']['seconds']:.0f} s. Saved {out_dir}/odn.safetensors", soft_wrap=True)
 
 
 def deploy_and_report(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, record: dict, console,

@@ -824,17 +824,20 @@ def forward_macs(model: Callable[[Tensor], Tensor], sample: Tensor) -> int:
 @torch.inference_mode()
 def latency_ms(model: nn.Module, sample: Tensor, repeats: int = 20) -> float:
     """Median wall time of one batch-1 forward pass, in milliseconds."""
-    model.eval()
     x = sample.float()
+    return 1000 * median_seconds(lambda: model.eval()(x), repeats)
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     times = []
-    for i in range(repeats + 3):
+    for i in range(warmup + repeats):
         start = time.perf_counter()
-        model(x)
-        if x.is_cuda:
+        run()
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
-        if i >= 3:  # skip warm-up iterations
+        if i >= warmup:  # first calls allocate and choose kernels
             times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2]
 
 
 def report_rows(net: DepthNet, result: Result, data: Data) -> list[dict]:
@@ -1052,18 +1055,6 @@ def speeds(model: nn.Module, onnx_path: Path | None, sample: Tensor) -> dict:
         result[f"{name}_ms_batch1"] = 1000 * median_seconds(lambda: run(one), repeats=50)
         result[f"{name}_img_s_batch128"] = 128 / median_seconds(lambda: run(many), repeats=5)
     return result
-
-
-def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i >= warmup:  # first calls allocate and choose kernels
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def quantize_int8(onnx_path: Path, out_path: Path, data: Data, images: int = 512) -> dict:

@@ -14,6 +14,8 @@ files expected and where. `digits` ships inside scikit-learn, so it works on any
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ class DataSet:
     augment: Augment | None = None  # what --augment applies: crop_flip, or crop where a mirror changes the class
     augment_by_default: bool = False  # the paper trains the grey sets without augmentation
     skipped: list[str] = field(default_factory=list)  # unreadable image files left out (folders only)
+    fingerprint: str = ""  # a cache's: the files it was decoded from (folders only)
 
 
 LOADERS: dict[str, Callable[[Path], DataSet]] = {}
@@ -63,25 +66,130 @@ def default_root() -> Path:
     return Path(os.environ.get("ODN_DATA") or "data")
 
 
-def load(name: str, root: str | Path | None = None, *, image_size: int = 0, strict_images: bool = False) -> DataSet:
+def load(name: str, root: str | Path | None = None, *, image_size: int = 0, strict_images: bool = False,
+         cache: bool = False) -> DataSet:
     """Load a data set by name from `root` (default: $ODN_DATA, else ./data).
 
     `folder:<path>` reads a user's ImageFolder tree instead; its unreadable images are skipped (listed
     in `skipped`) unless `strict_images`. `image_size` > 0 resizes every image to image_size ×
-    image_size (bilinear, antialiased); 0 keeps the native size.
+    image_size (bilinear, antialiased); 0 keeps the native size. `cache` decodes the set once into
+    `odn-cache/` beside the data and memory-maps it from then on (see `read_cache`).
     """
     if image_size < 0:
         raise ValueError(f"--image-size must be ≥ 0, got {image_size}")
     if name.startswith("folder:"):
-        return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size, strict_images)
+        return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size, strict_images, cache)
     if name not in LOADERS:
         raise LookupError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}, folder:<path>")
-    dataset = LOADERS[name](Path(root) if root else default_root())
+    root = Path(root) if root else default_root()
+    cached = root / CACHE_DIR / f"{name}-{image_size or 'native'}.safetensors"
+    if cache and cached.is_file():
+        return read_cache(cached)
+    dataset = LOADERS[name](root)
     if image_size and dataset.train[0].shape[-2:] != (image_size, image_size):
         resize = lambda split: (resized(split[0], image_size), split[1])
         dataset.train, dataset.val, dataset.test = map(resize, (dataset.train, dataset.val, dataset.test))
         dataset.image_size = image_size
+    if cache:
+        splits = {split: getattr(dataset, split) for split in SPLITS}
+        write_cache(cached, dataset, {k: (v[0].shape, v[1]) for k, v in splits.items()},
+                    lambda split, out: out.copy_(splits[split][0]))
+        return read_cache(cached)
     return dataset
+
+
+# ----------------------------------------------------------------------------------------------
+# the decoded cache: a set decoded once, at the training resolution, into one safetensors file
+# that every later run and every torchrun rank memory-maps. Batches gather from the mapping, so
+# resident memory stays flat however large the set is: the kernel pages images in and out.
+
+CACHE_DIR = "odn-cache"
+SPLITS = ("train", "val", "test")
+AUGMENTS = {"crop_flip": lambda: crop_flip, "crop": lambda: crop}
+
+
+def write_cache(path: Path, dataset: DataSet, shapes: dict[str, tuple[torch.Size, Tensor]],
+                fill: Callable[[str, Tensor], object], fingerprint: str = "",
+                stats: Callable[[Tensor], tuple] | None = None) -> None:
+    """Write the safetensors cache split by split, without holding a whole split in memory.
+
+    `shapes` gives each split's image shape and labels; `fill(split, out)` decodes the split's
+    images into `out`, a uint8 tensor mapped onto the file; `stats`, when given, computes (mean, std)
+    from the written train images. Written to a temporary name and renamed, so an interrupted build
+    leaves no half cache behind.
+    """
+    import numpy as np
+    entries, offset = {}, 0
+    for split in SPLITS:
+        shape, labels = shapes[split]
+        for key, dtype, size, dims in ((f"{split}.images", "U8", math.prod(shape), list(shape)),
+                                       (f"{split}.labels", "I64", 8 * len(labels), [len(labels)])):
+            entries[key] = {"dtype": dtype, "shape": dims, "data_offsets": [offset, offset + size]}
+            offset += size
+    facts = {"name": dataset.name, "num_classes": dataset.num_classes, "in_chans": dataset.in_chans,
+             "image_size": dataset.image_size, "mean": list(dataset.mean), "std": list(dataset.std),
+             "classes": dataset.classes, "augment": getattr(dataset.augment, "__name__", None),
+             "augment_by_default": dataset.augment_by_default, "skipped": dataset.skipped,
+             "fingerprint": fingerprint}
+    encode = lambda: json.dumps({"__metadata__": {"odn": json.dumps(facts)}, **entries}).encode()
+    header = encode() + b" " * 1024  # room for the statistics, known once train is written
+    header += b" " * (-len(header) % 8)  # safetensors aligns the data to 8 bytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as file:
+        file.write(len(header).to_bytes(8, "little") + header)
+        file.truncate(8 + len(header) + offset)
+    base = 8 + len(header)
+    for split in SPLITS:
+        shape, labels = shapes[split]
+        start, end = entries[f"{split}.images"]["data_offsets"]
+        if end > start:
+            images = np.memmap(partial, np.uint8, "r+", base + start, tuple(shape))
+            fill(split, torch.from_numpy(images))
+            images.flush()
+            del images
+        start, end = entries[f"{split}.labels"]["data_offsets"]
+        with open(partial, "r+b") as file:
+            file.seek(base + start)
+            file.write(labels.to(torch.int64).numpy().tobytes())
+    if stats is not None:
+        start = entries["train.images"]["data_offsets"][0]
+        train = np.memmap(partial, np.uint8, "c", base + start, tuple(shapes["train"][0]))
+        mean, std = stats(torch.from_numpy(train))
+        facts.update(mean=list(mean), std=list(std))
+        del train
+        with open(partial, "r+b") as file:
+            file.seek(8)
+            file.write(encode().ljust(len(header)))
+    os.replace(partial, path)
+
+
+def read_cache(path: Path) -> DataSet:
+    """A cache written by `write_cache`, its images memory-mapped (copy-on-write: never written back)."""
+    import numpy as np
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header, base = json.loads(file.read(size)), 8 + size
+        facts = json.loads(header.pop("__metadata__")["odn"])
+        splits = {}
+        for split in SPLITS:
+            images, labels = header[f"{split}.images"], header[f"{split}.labels"]
+            start, end = images["data_offsets"]
+            x = torch.from_numpy(np.memmap(path, np.uint8, "c", base + start, tuple(images["shape"]))) if end > start \
+                else torch.empty(images["shape"], dtype=torch.uint8)
+            start, end = labels["data_offsets"]
+            y = torch.from_numpy(np.fromfile(path, np.int64, labels["shape"][0], offset=base + start))
+            if len(y) != labels["shape"][0] or len(x) != len(y):
+                raise ValueError("truncated")
+            splits[split] = (x, y)
+    except (OSError, ValueError, KeyError) as error:
+        raise DataUnavailable(f"the cache {path} is damaged ({error}); delete it and run again with --cache "
+                              "to rebuild it") from None
+    return DataSet(facts["name"], splits["train"], splits["val"], splits["test"], facts["num_classes"],
+                   facts["in_chans"], facts["image_size"], tuple(facts["mean"]), tuple(facts["std"]),
+                   facts["classes"], AUGMENTS[facts["augment"]]() if facts["augment"] else None,
+                   facts["augment_by_default"], facts["skipped"], facts["fingerprint"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +466,7 @@ def stl10(root: Path) -> DataSet:
 # a user's own images
 
 
-def image_folder(path: Path, image_size: int = 0, strict_images: bool = False) -> DataSet:
+def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, cache: bool = False) -> DataSet:
     """An ImageFolder tree: PATH/train/<class>/<image>, optional PATH/val/ and PATH/test/ alike.
 
     Missing val/ or test/ are held out of train/, seeded and stratified: test 20 %, val 10 % of train/.
@@ -386,6 +494,14 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False) -
 
     from PIL import Image
 
+    # the cache is valid while every file's path, size and time are unchanged (one stat per file)
+    listing = sorted((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for items in samples.values() for f, _ in items)
+    fingerprint = hashlib.sha256(repr((listing, image_size, strict_images)).encode()).hexdigest()
+    cached = path / CACHE_DIR / f"{image_size or 'native'}.safetensors"
+    if cache and cached.is_file():
+        dataset = read_cache(cached)
+        if dataset.fingerprint == fingerprint:
+            return dataset
     if len(classes) < 2:
         raise DataUnavailable(f"{name}: train/ has {len(classes)} class folder{'s' * (len(classes) != 1)} "
                               f"({', '.join(classes) or 'none'}); a classifier needs at least two")
@@ -416,32 +532,36 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False) -
         raise DataUnavailable(f"{name}: images differ in size ({shown}{', …' if len(sizes) > 3 else ''}); "
                               "pass --image-size N to resize them all to N×N")
     width, height = (image_size, image_size) if image_size else sizes[0]
-    read = lambda split: read_images(samples[split], grey, (width, height)) if split in samples else None
-    train, val, test = read("train"), read("val"), read("test")
-    n = len(train[1])
-    if test is None:
-        test, train = split_off(train, round(0.2 * n))
-    if val is None:
-        val, train = split_off(train, round(0.1 * n))
-    mean, std = channel_stats(train[0])
-    return DataSet(name, train, val, test, num_classes=len(classes), in_chans=1 if grey else 3,
-                   image_size=max(width, height), mean=mean, std=std, classes=classes, augment=crop_flip,
-                   skipped=unreadable)
+    # missing test/ and val/ are held out of train/ (seeded, stratified) before anything is decoded
+    n = len(samples["train"])
+    for split, share in (("test", 0.2), ("val", 0.1)):
+        if split not in samples:
+            keep, held = stratified_split(torch.tensor([c for _, c in samples["train"]]), max(1, round(share * n)))
+            samples[split] = [samples["train"][i] for i in held]
+            samples["train"] = [samples["train"][i] for i in keep]
+    channels = 1 if grey else 3
+    dataset = DataSet(name, None, None, None, num_classes=len(classes), in_chans=channels,
+                      image_size=max(width, height), mean=(), std=(), classes=classes, augment=crop_flip,
+                      skipped=unreadable)
+    labels = {split: torch.tensor([c for _, c in items], dtype=torch.long) for split, items in samples.items()}
+    if cache:  # decoded straight into the mapped file: a set larger than memory never sits in it
+        shapes = {split: (torch.Size((len(labels[split]), channels, height, width)), labels[split]) for split in SPLITS}
+        write_cache(cached, dataset, shapes, lambda split, out: read_images(samples[split], grey, (width, height), out),
+                    fingerprint, channel_stats)
+        return read_cache(cached)
+    dataset.train, dataset.val, dataset.test = ((read_images(samples[split], grey, (width, height)), labels[split])
+                                                for split in SPLITS)
+    dataset.mean, dataset.std = channel_stats(dataset.train[0])
+    return dataset
 
 
-def split_off(split: tuple[Tensor, Tensor], size: int):
-    """(held out, rest) of a split, seeded and stratified; at least one image held out."""
-    (rest, held) = hold_out(*split, max(1, size))
-    return held, rest
-
-
-def read_images(samples: list[tuple[str, int]], grey: bool, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Decode image files into uint8 (N, C, H, W), resized to `size` = (W, H) where they differ."""
+def read_images(samples: list[tuple[str, int]], grey: bool, size: tuple[int, int], out: Tensor | None = None) -> Tensor:
+    """Decode image files into uint8 (N, C, H, W) (into `out` when given), resized to `size` = (W, H)."""
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
     width, height = size
-    x = torch.empty((len(samples), 1 if grey else 3, height, width), dtype=torch.uint8)
+    x = torch.empty((len(samples), 1 if grey else 3, height, width), dtype=torch.uint8) if out is None else out
     for i, (file, _) in enumerate(samples):
         with Image.open(file) as image:
             if image.mode.startswith("I"):  # 16-bit grey (scans, microscopy): 0..65535 → 0..255
@@ -450,7 +570,7 @@ def read_images(samples: list[tuple[str, int]], grey: bool, size: tuple[int, int
             if image.size != size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
             x[i] = pil_to_tensor(image)
-    return x, torch.tensor([label for _, label in samples], dtype=torch.long)
+    return x
 
 
 @loader("digits")

@@ -71,31 +71,3 @@ class Partition:
     def __init__(self, stem, blocks, channels, **extras):
         self.stem, self.blocks, self.channels = stem, list(blocks), list(channels)
         self.__dict__.update(extras)  # optional protocol members, e.g. make_head
-
-
-def describe(names: list[str], image_size: int = 32) -> list[dict]:
-    """Blocks, full-depth params and multiply-adds of each architecture, for 3×size×size and 10 classes."""
-    import torch
-
-    import odn
-
-    rows = []
-    for name in names:
-        net = odn.DepthNet(build(name, num_classes=10, in_chans=3, image_size=image_size), 10).eval()
-        macs = odn.forward_macs(lambda x: net(x, net.max_depth), torch.zeros(1, 3, image_size, image_size))
-        rows.append({"name": name, "blocks": net.max_depth, "macs": macs,
-                     "params": odn.count_params(odn.extract(net, net.max_depth))})
-    return rows
-
-
-def table(rows: list[dict], image_size: int):
-    """`describe`'s rows as a rich table (`python odn.py --list-archs`)."""
-    from rich.table import Table
-
-    listing = Table(title=f"architectures (3×{image_size}×{image_size} input, 10 classes, full depth)",
-                    caption=f"FLOPs = multiply-adds per image. Also the name patterns {', '.join(sorted(PATTERNS))}.")
-    for name, justify in (("arch", "left"), ("blocks", "right"), ("params", "right"), ("MFLOPs", "right")):
-        listing.add_column(name, justify=justify)
-    for r in rows:
-        listing.add_row(r["name"], str(r["blocks"]), f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}")
-    return listing

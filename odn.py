@@ -11,7 +11,8 @@ meets it is fine-tuned and extracted as a standalone, much smaller network.
     python odn.py ... --resume                               # continue a killed run from its last epoch
 
 Used as a library, this file needs only torch: give `search` any `DepthPartitionable` network
-and your own tensors in a `Data`; `extract` cuts out the network, `load` reads a saved run.
+and your own tensors in a `Data`; `extract` cuts out the network, `save` writes it and `load` reads
+it back (with your own `build`). Under `torchrun` the same search runs with DDP, one rank per process.
 
 Measured (2 CPU cores, AMD EPYC, 2026-11-25): `--strategy fast` on all of MNIST, target 99 % → depth 2/8
 (the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.39 % (the paper: 99.31 %), in 28
@@ -337,7 +338,8 @@ def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.op
 
 @dataclass
 class Settings:
-    """Every protocol number, defaulting to the paper's (DESIGN.md §1)."""
+    """Every protocol number, defaulting to the paper's (warm-up 3 epochs at LR 0.001, LR 0.01, batch 128,
+    LR × 0.6 after every 5 epochs without a new best, converged after 23)."""
     target: float = 0.98
     strategy: str = "paper"
     warmup_epochs: int | None = None  # None: the strategy's own (paper, early, carry: 3; fast: 1)
@@ -921,7 +923,7 @@ def count_params(module: nn.Module) -> int:
 
 
 def size_mb(params: int) -> float:
-    """fp32 size in MB (2^20 bytes) — the README compares this convention with the paper's."""
+    """fp32 size in MB (2^20 bytes)."""
     return params * 4 / 2**20
 
 
@@ -1437,12 +1439,15 @@ def cli(
     if rank:
         return
     record = run_record(result, rows, settings, facts, net.max_depth, len(train[1]))
+    record["by_depth"] = {"macs": result.macs, "params": [sum(p.numel() for m in net.parts(d) for p in m.parameters())
+                                                          for d in range(1, net.max_depth + 1)]}
     model = extract(net, result.depth)
     save(model, out_dir, **record)
     if not keep_checkpoints:
         (out_dir / CHECKPOINT).unlink(missing_ok=True)
     console.print(report_table(rows, record))
     deploy_and_report(model, extract(net, net.max_depth), out_dir, run_data, record, console, int8)
+    draw(out_dir, console)
     verdict = "reached" if result.target_reached else "[red]NOT reached[/] — best depth tried"
     if result.budget and not result.target_reached and result.budget["depth"] < net.max_depth:
         verdict = f"[red]not met within the budget[/] (depths ≤ {result.budget['depth']} fit it) — best depth within it"
@@ -1516,6 +1521,88 @@ def architecture_table(archs, image_size: int):
         row = describe(lambda **kw: archs.build(name, **kw), image_size)
         listing.add_row(name, str(row["blocks"]), f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f}")
     return listing
+
+
+PLOT_MISSING = "pictures skipped: search.png and depths.png need matplotlib — pip install 'odn[plot]', then " \
+               "python odn.py plot RUN_DIR"
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """search.png (Fig. 3: validation accuracy per epoch of every depth tried, the warm-up's heads, the
+    target) and depths.png (accuracy, size, multiply-adds and latency against depth), from the run's
+    own odn.json and history.jsonl. Needs matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    record = json.loads((run_dir / "odn.json").read_text())
+    epochs = [r for r in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines()) if r["event"] == "epoch"]
+    figure, ax = plt.subplots(figsize=(9, 4.8))
+    curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for step, r in enumerate(epochs, 1):
+        if r["phase"] == "warmup":  # every head's accuracy after each warm-up epoch
+            for d, acc in enumerate(r["val_by_depth"], 1):
+                ax.plot(step, acc, "o", color="0.6", ms=3, label="warm-up heads" if (step, d) == (1, 1) else None)
+        else:
+            curves.setdefault((r["phase"], r["depth"]), []).append((step, r["val_acc"]))
+    for (phase, d), points in curves.items():
+        style = "-" if phase == "search" else "--"
+        ax.plot(*zip(*points), style, marker=".", color=f"C{d % 10}", label=f"depth {d} {phase}")
+    chosen = [points for (phase, d), points in curves.items() if d == record["depth"]]
+    if chosen:
+        best = max((p for points in chosen for p in points), key=lambda p: p[1])
+        ax.plot(*best, "*", ms=16, color="gold", mec="black", label=f"chosen: depth {record['depth']}")
+    ax.axhline(record["target"], color="red", lw=1, ls=":", label=f"target {record['target']:.2%}")
+    # zoomed on the decision: the target and every depth's best, not the first epochs' low readings
+    low = min([record["target"] - 0.15] + [max(a for _, a in points) - 0.02 for points in curves.values()])
+    ax.set(xlabel="epoch of the run", ylabel="validation accuracy", ylim=(max(0.0, low), 1.0),
+           title=f"{record['arch']} on {record['data']}: search ({record['strategy']})")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    figure.tight_layout()
+    paths = [run_dir / "search.png", run_dir / "depths.png"]
+    figure.savefig(paths[0], dpi=110)
+    plt.close(figure)
+
+    rows, by_depth = record["rows"], record.get("by_depth", {})
+    depths = list(range(1, record["max_depth"] + 1))
+    figure, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    panels = [(axes[0][0], "accuracy", [("val", [(r["depth"], r["val_accuracy"]) for r in rows]),
+                                        ("test", [(r["depth"], r["test_accuracy"]) for r in rows])]),
+              (axes[0][1], "size (MB, fp32)", [("", list(zip(depths, [4 * p / 2**20 for p in by_depth["params"]]))
+                                                if "params" in by_depth else [(r["depth"], r["size_mb"]) for r in rows])]),
+              (axes[1][0], "MFLOPs (multiply-adds per image)", [("", list(zip(depths, [m / 1e6 for m in by_depth["macs"]]))
+                                                                 if "macs" in by_depth else
+                                                                 [(r["depth"], r["macs"] / 1e6) for r in rows])]),
+              (axes[1][1], "batch-1 latency (ms)", [("torch", [(r["depth"], r["latency_ms"]) for r in rows])])]
+    for ax, title, series in panels:
+        for label, points in series:
+            points = [(d, v) for d, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points), "o-", ms=4, label=label or None)
+        ax.axvline(record["depth"], color="gold", lw=2, alpha=0.7)
+        ax.set_title(title, fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0][0].axhline(record["target"], color="red", lw=1, ls=":")
+    for ax in axes[1]:
+        ax.set_xlabel("depth (blocks)")
+    figure.suptitle(f"{record['arch']} on {record['data']}: chosen depth {record['depth']}/{record['max_depth']} "
+                    f"(gold line)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(paths[1], dpi=110)
+    plt.close(figure)
+    return paths
+
+
+def draw(run_dir: Path, console) -> None:
+    """The run's pictures, or one line saying how to get them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        console.print(PLOT_MISSING, markup=False, highlight=False, soft_wrap=True)
+        return
+    paths = plot_run(run_dir)
+    console.print(f"pictures: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
 def join_torchrun_job(device: str) -> str:
@@ -1746,6 +1833,15 @@ def main() -> None:
     cli.__signature__ = signature.replace(parameters=[
         p.replace(annotation=Annotated[p.annotation, typer.Option(help=HELP[p.name])])
         for p in signature.parameters.values()])
+    import sys
+
+    if sys.argv[1:2] == ["plot"]:  # python odn.py plot RUN_DIR: redraw a finished run's pictures
+        from rich.console import Console
+        if len(sys.argv) != 3 or not (Path(sys.argv[2]) / "odn.json").is_file():
+            print("error: usage: python odn.py plot RUN_DIR (a folder with a finished run's odn.json and "
+                  "history.jsonl)", file=sys.stderr)
+            raise SystemExit(2)
+        return draw(Path(sys.argv[2]), Console())
     app = typer.Typer(pretty_exceptions_show_locals=False, add_completion=False)
     app.command()(cli)
     app()

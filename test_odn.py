@@ -198,7 +198,7 @@ def test_early_rule_accepts_at_once_and_rejects_what_cannot_reach_the_target():
 
 def test_early_replays_the_papers_epochs_and_only_stops_them_sooner():
     """Each phase shuffles from its own seed, so `early` sees exactly the epochs `paper` saw; this is
-    what makes `bench.py replay` exact and `early`'s depth the paper's."""
+    what makes `bench/bench.py replay` exact and `early`'s depth the paper's."""
     runs = {}
     for strategy in ("paper", "early"):
         torch.manual_seed(0)
@@ -1280,9 +1280,10 @@ def test_export_of_an_existing_run_with_int8(tmp_path, uninterrupted):
     assert 0 < q["test_accuracy"] <= 1 and "int8:" in done.stdout
 
 
-def test_without_the_deploy_extra_the_run_says_so_once_and_finishes(tmp_path):
+def test_without_the_deploy_and_plot_extras_the_run_says_so_once_and_finishes(tmp_path):
     out = tmp_path / "run"
-    script = ("import sys, runpy; sys.modules['onnxruntime'] = None; sys.argv = ['odn.py', *sys.argv[1:]]; "
+    script = ("import sys, runpy; sys.modules['onnxruntime'] = sys.modules['matplotlib'] = None; "
+              "sys.argv = ['odn.py', *sys.argv[1:]]; "
               f"runpy.run_path({str(HERE / 'odn.py')!r}, run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", script, "--arch", "wrn10_1", "--strategy", "fast", "--max-depth", "1",
                            "--short-epochs", "1", "--long-epochs", "1", "--min-steps", "1", "--out", str(out)],
@@ -1290,6 +1291,24 @@ def test_without_the_deploy_extra_the_run_says_so_once_and_finishes(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "deploy extra" in line]
     assert lines == [odn.DEPLOY_MISSING] and (out / "odn.safetensors").is_file() and not (out / "model.onnx").exists()
+    assert [line for line in done.stdout.splitlines() if "matplotlib" in line] == [odn.PLOT_MISSING]
+    assert not (out / "search.png").exists()
+
+
+def test_every_run_draws_its_search_and_depths_and_plot_redraws_them(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("--strategy", "fast", "--max-depth", "3", "--short-epochs", "1", "--long-epochs", "2",
+                   "--min-steps", "5", "--target", "0.9", "--out", str(out), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    from PIL import Image
+    for name in ("search.png", "depths.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] >= 800 and image.size[1] >= 400
+        (out / name).unlink()
+    again = run_cli("plot", str(out))
+    assert again.returncode == 0 and (out / "search.png").is_file() and (out / "depths.png").is_file()
+    wrong = run_cli("plot", str(tmp_path / "nothing"))
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and "usage: python odn.py plot RUN_DIR" in wrong.stderr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Benchmarks for odn: search strategies side by side, and the training loop against bare PyTorch.
 
-    python bench.py strategies --profile digits            # the paper's protocol numbers, ~3 min on 2 cores
-    python bench.py strategies --profile mnist             # ResNet-18, CPU-sized profile (see PROFILES)
-    python bench.py strategies --profile fashion           # ResNet-34, CPU-sized profile
-    python bench.py strategies --profile mnist --names fast  # one-cycle schedules (runs/bench/ keeps rows)
-    python bench.py grid --profile mnist                   # each depth trained alone: the oracle depth
-    python bench.py table mnist                            # every recorded row, ÷ paper / oracle / full
-    python bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
+    python bench/bench.py strategies --profile digits            # the paper's protocol numbers, ~3 min on 2 cores
+    python bench/bench.py strategies --profile mnist             # ResNet-18, CPU-sized profile (see PROFILES)
+    python bench/bench.py strategies --profile fashion           # ResNet-34, CPU-sized profile
+    python bench/bench.py strategies --profile mnist --names fast  # one-cycle schedules (bench/results/ keeps rows)
+    python bench/bench.py grid --profile mnist                   # each depth trained alone: the oracle depth
+    python bench/bench.py table mnist                            # every recorded row, ÷ paper / oracle / full
+    python bench/bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
 
 Each strategy runs on the same data, seed, initial weights and caps; the full-depth baseline
 (same convergence rule, same initial weights) runs once. Prints a markdown table for BENCHMARKS.md.
@@ -20,6 +20,9 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # odn.py, data.py, archs/ beside bench/
+RESULTS = str(Path(__file__).resolve().parent / "results")  # recorded rows, committed with the numbers they back
 
 import torch
 import typer
@@ -80,7 +83,7 @@ def progress(record: dict, history=None) -> None:
 
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
-               data_dir: str = "", history: str = "", results: str = "runs/bench") -> None:
+               data_dir: str = "", history: str = "", results: str = RESULTS) -> None:
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
@@ -122,7 +125,7 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
 
 
 @app.command()
-def table(profile: str, results: str = "runs/bench") -> None:
+def table(profile: str, results: str = RESULTS) -> None:
     """Print every recorded row of one profile: depth vs the oracle's, and cost ÷ paper, oracle, baseline."""
     p = PROFILES[profile]
     folder = Path(results)
@@ -218,7 +221,7 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
 
 @app.command()
 def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: int = 8,
-         every: bool = False, results: str = "runs/bench") -> None:
+         every: bool = False, results: str = RESULTS) -> None:
     """Train each depth alone from the same initial weights with `fast`'s long schedule: ground truth.
 
     The oracle depth is the shallowest whose converged validation accuracy meets the target; its
@@ -267,7 +270,7 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
         print(f"| {r['depth']} | {r['val']:.2%} | {r['test']:.2%} | {r['flops'] / 1e12:.2f} | {r['seconds']:.0f} | "
               f"{'**oracle**' if oracle is r else 'yes' if r['val'] >= p['target'] else 'no'} |")
     print(f"\n{date.today()}, {record['cpu']}, {record['threads']} threads, bf16 {s.amp}, channels_last "
-          f"{s.channels_last}: `python bench.py grid --profile {profile}`")
+          f"{s.channels_last}: `python bench/bench.py grid --profile {profile}`")
 
 
 def machine() -> dict:
@@ -316,7 +319,7 @@ def speed(images: int = 2560, depth: int = 1, data_dir: str = "", repeats: int =
             print(f"| {loop} | {'channels_last' if channels_last else 'contiguous'} | "
                   f"{'bf16' if s.amp else '—'} | {best:.0f} | {best / timings['bare']:.2f} |", flush=True)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"ResNet-18 depth {depth}, MNIST 28×28, batch 128: `python bench.py speed`")
+          f"ResNet-18 depth {depth}, MNIST 28×28, batch 128: `python bench/bench.py speed`")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Is the in-memory loader a bottleneck? Images/s on MNIST's 50,000 train images, batch 128, CPU.
 
-    ODN_DATA=../shared/data python bench_data.py          # ≈ 1 min on 2 CPU cores
+    ODN_DATA=../shared/data python bench/bench_data.py          # ≈ 1 min on 2 CPU cores
 
 Measures, each over a fixed number of batches after one warm-up batch:
   1. odn.batches alone (shuffle, slice, normalise on tensors), without and with crop augmentation,
@@ -9,7 +9,11 @@ Measures, each over a fixed number of batches after one warm-up batch:
   3. torchvision's DataLoader over MNIST with per-sample ToTensor + Normalize (0 and 2 workers).
 Results are in BENCHMARKS.md, "Data loading".
 """
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # odn.py, data.py, archs/ beside bench/
 
 import torch
 import torch.nn.functional as F

@@ -118,7 +118,6 @@ def write_cache(path: Path, dataset: DataSet, shapes: dict[str, tuple[torch.Size
     from the written train images. Written to a temporary name and renamed, so an interrupted build
     leaves no half cache behind.
     """
-    import numpy as np
     entries, offset = {}, 0
     for split in SPLITS:
         shape, labels = shapes[split]
@@ -134,11 +133,26 @@ def write_cache(path: Path, dataset: DataSet, shapes: dict[str, tuple[torch.Size
     encode = lambda: json.dumps({"__metadata__": {"odn": json.dumps(facts)}, **entries}).encode()
     header = encode() + b" " * 1024  # room for the statistics, known once train is written
     header += b" " * (-len(header) % 8)  # safetensors aligns the data to 8 bytes
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_splits(partial, header, entries, shapes, fill, facts, encode, stats, offset)
+        os.replace(partial, path)
+    except OSError as error:
+        if partial.is_file():
+            partial.unlink()
+        raise DataUnavailable(f"cannot write the cache {path} ({error.strerror or error}); make {path.parent} "
+                              "writable or free space there, or drop --cache") from None
+
+
+def write_splits(partial: Path, header: bytes, entries: dict, shapes: dict, fill, facts: dict, encode, stats,
+                 data_bytes: int) -> None:
+    """`write_cache`'s body: the header, then every split's images and labels, then the statistics."""
+    import numpy as np
     with open(partial, "wb") as file:
         file.write(len(header).to_bytes(8, "little") + header)
-        file.truncate(8 + len(header) + offset)
+        # claim the space now: a full disk is an OSError here, not a crash halfway through the mapping
+        os.posix_fallocate(file.fileno(), 0, 8 + len(header) + data_bytes)
     base = 8 + len(header)
     for split in SPLITS:
         shape, labels = shapes[split]
@@ -161,7 +175,6 @@ def write_cache(path: Path, dataset: DataSet, shapes: dict[str, tuple[torch.Size
         with open(partial, "r+b") as file:
             file.seek(8)
             file.write(encode().ljust(len(header)))
-    os.replace(partial, path)
 
 
 def read_cache(path: Path) -> DataSet:

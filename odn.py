@@ -1451,6 +1451,8 @@ def cli(
     verdict = "reached" if result.target_reached else "[red]NOT reached[/] — best depth tried"
     if result.budget and not result.target_reached and result.budget["depth"] < net.max_depth:
         verdict = f"[red]not met within the budget[/] (depths ≤ {result.budget['depth']} fit it) — best depth within it"
+    written = ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file()))
+    console.print(f"wrote in {out_dir}: {written}", highlight=False, soft_wrap=True)
     console.print(f"target {target:.2%} {verdict}: depth {result.depth}/{net.max_depth}, "
                   f"test {record['test_accuracy']:.2%}; search cost {record['search_cost']['flops'] / 1e12:.2f} "
                   f"TFLOP, {record['search_cost']['seconds']:.0f} s. Saved {out_dir}/odn.safetensors", soft_wrap=True)

@@ -1300,6 +1300,9 @@ def test_every_run_draws_its_search_and_depths_and_plot_redraws_them(tmp_path):
     done = run_cli("--strategy", "fast", "--max-depth", "3", "--short-epochs", "1", "--long-epochs", "2",
                    "--min-steps", "5", "--target", "0.9", "--out", str(out), env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
+    record = json.loads((out / "odn.json").read_text())
+    assert len(record["by_depth"]["params"]) == len(record["by_depth"]["macs"]) == record["max_depth"]
+    assert f"wrote in {out}: " in done.stdout and "depths.png" in done.stdout and "odn.safetensors" in done.stdout
     from PIL import Image
     for name in ("search.png", "depths.png"):
         with Image.open(out / name) as image:
@@ -1428,6 +1431,14 @@ def test_folder_cache_is_rebuilt_when_the_files_change_and_a_damaged_one_says_so
     file.write_bytes(file.read_bytes()[:-100])
     with pytest.raises(datasets.DataUnavailable, match=r"the cache .*native.safetensors is damaged .*; delete it"):
         datasets.read_cache(file)
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path):
+    write_pngs(tmp_path, "train", 5, "L")
+    (tmp_path / "odn-cache").write_text("a file where the cache folder should be")
+    with pytest.raises(datasets.DataUnavailable, match=r"cannot write the cache .*native.safetensors .*drop --cache"):
+        datasets.load(f"folder:{tmp_path}", cache=True)
+    assert len(datasets.load(f"folder:{tmp_path}").train[1]) == 10  # without --cache nothing is written
 
 
 def test_named_set_cache_round_trips(tmp_path):

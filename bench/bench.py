@@ -49,6 +49,11 @@ PROFILES = {
     "mnist_mbv2": dict(arch="mobilenetv2_100", data="mnist", target=0.90, train=2000, val=1000,
                        settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "digits95": dict(arch="resnet18", data="digits", target=0.95, train=0, val=0, settings=dict()),
+    # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
+    "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
+                       settings=dict(amp=None, channels_last=None)),
+    "fashion_full": dict(arch="resnet34", data="fashion_mnist", target=0.935, train=0, val=0,
+                         settings=dict(amp=None, channels_last=None)),
 }
 
 app = typer.Typer(pretty_exceptions_show_locals=False, add_completion=False)

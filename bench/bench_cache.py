@@ -3,7 +3,7 @@ resident memory under a memory cap several times smaller than the cache.
 
     python bench/bench_cache.py decode --images 3000      # decode a PNG folder into the cache: images/s
     python bench/bench_cache.py read --images 50000       # one shuffled epoch: in memory vs mapped, img/s
-    python bench/bench_cache.py capped --gib 2 --cap-mib 600   # an epoch over a 2 GiB cache under a 600 MiB cap
+    python bench/bench_cache.py capped --gib 2 --cap-mib 600   # read a 2 GiB cache under a 600 MiB cap
 
 `capped` needs a writable cgroup-v1 memory controller (root in a container); it says so otherwise.
 Numbers go to BENCHMARKS.md with the date, CPU model and threads this prints.

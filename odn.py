@@ -1420,8 +1420,9 @@ def cli(
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
-    resume_command = "python odn.py " + shlex.join(a for a in sys.argv[1:] if a not in ("--resume", "--force")) + \
-        " --resume"
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    launcher = f"torchrun --nproc-per-node {world} odn.py " if world > 1 else "python odn.py "
+    resume_command = launcher + shlex.join(a for a in sys.argv[1:] if a not in ("--resume", "--force")) + " --resume"
     try:
         state = read_checkpoint(checkpoint)[0] if checkpoint else None
         result = run_with_progress(net, run_data, settings, out_dir, {**facts, "command": command}, console, state,

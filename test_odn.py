@@ -924,9 +924,12 @@ RESUMABLE = ["--arch", "wrn10_1", "--strategy", "fast", "--target", "0.999", "--
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # bit-identical needs the same thread count
 
 
-def stop_when(args, line_start: str, how=None):
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def stop_when(args, line_start: str, how=None, launcher=(sys.executable,)):
     """Start the CLI and stop it (SIGKILL, or the signal `how`) as soon as it prints a line starting so."""
-    process = subprocess.Popen([sys.executable, str(HERE / "odn.py"), *args], stdout=subprocess.PIPE,
+    process = subprocess.Popen([*launcher, str(HERE / "odn.py"), *args], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=HERE, env={**os.environ, **ONE_THREAD})
     output = []
     for line in process.stdout:
@@ -1460,3 +1463,22 @@ def test_cli_trains_from_the_cache(tmp_path):
     records = [json.loads((tmp_path / name / "odn.json").read_text()) for name in ("memory", "cached")]
     assert records[0]["val_accuracy"] == records[1]["val_accuracy"]
     assert (tmp_path / "shapes" / "odn-cache" / "native.safetensors").is_file()
+
+
+def test_a_torchrun_job_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGTERM to torchrun reaches both ranks at different batches; they agree on one boundary, rank 0
+    writes the checkpoint, and `--resume` under torchrun ends bit-identical to an uninterrupted job."""
+    import signal
+
+    run = lambda *extra: subprocess.run([*TORCHRUN_2, str(HERE / "odn.py"), *RESUMABLE, *extra], capture_output=True,
+                                        text=True, cwd=tmp_path, env={**os.environ, **ONE_THREAD}, timeout=600)
+    reference = run("--out", str(tmp_path / "whole"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "stopped"
+    code, output = stop_when([*RESUMABLE, "--out", str(out)], "search d=1 epoch 1", signal.SIGTERM, TORCHRUN_2)
+    assert code != 0 and (out / "checkpoint.safetensors").is_file(), output[-2000:]
+    assert "continue with: torchrun --nproc-per-node 2 odn.py" in output  # (torchrun adds its own report)
+    resumed = run("--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    same_run(out, tmp_path / "whole")
+

@@ -1845,11 +1845,16 @@ def main() -> None:
 
     if sys.argv[1:2] == ["plot"]:  # python odn.py plot RUN_DIR: redraw a finished run's pictures
         from rich.console import Console
-        if len(sys.argv) != 3 or not (Path(sys.argv[2]) / "odn.json").is_file():
+        run_dir = Path(sys.argv[2]) if len(sys.argv) == 3 else None
+        if run_dir is None or not all((run_dir / name).is_file() for name in ("odn.json", "history.jsonl")):
             print("error: usage: python odn.py plot RUN_DIR (a folder with a finished run's odn.json and "
                   "history.jsonl)", file=sys.stderr)
             raise SystemExit(2)
-        return draw(Path(sys.argv[2]), Console())
+        try:
+            return draw(run_dir, Console())
+        except (ValueError, KeyError, TypeError, OSError) as error:  # a damaged record: one line, no traceback
+            print(f"error: cannot draw {run_dir}: {type(error).__name__}: {error}", file=sys.stderr)
+            raise SystemExit(1)
     app = typer.Typer(pretty_exceptions_show_locals=False, add_completion=False)
     app.command()(cli)
     app()

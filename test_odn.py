@@ -1315,6 +1315,9 @@ def test_every_run_draws_its_search_and_depths_and_plot_redraws_them(tmp_path):
     assert again.returncode == 0 and (out / "search.png").is_file() and (out / "depths.png").is_file()
     wrong = run_cli("plot", str(tmp_path / "nothing"))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and "usage: python odn.py plot RUN_DIR" in wrong.stderr
+    (out / "odn.json").write_text("{damaged")
+    damaged = run_cli("plot", str(out))
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr and "cannot draw" in damaged.stderr
 
 
 # ----------------------------------------------------------------------------------------------

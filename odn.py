@@ -610,8 +610,9 @@ def steps_per_epoch(images: int, batch_size: int, world: int = 1) -> int:
     return images // batch_size + (images % batch_size >= 2 * world)  # `batches` drops a last batch of one a rank
 
 
-# a strategy is two plain functions: `start` prepares the network for a depth and returns the LR
-# to begin with; `stop` says after each epoch whether the phase is over
+# a strategy is two plain functions and at most one more: `start` prepares the network for a depth
+# and returns the LR to begin with; `stop` says after each epoch whether the phase is over; an
+# optional per-step LR `schedule` (then every depth within reach also gets the long look)
 
 
 def restart_from_warmup(net: DepthNet, depth: int, first: bool, warm: dict[str, Tensor], s: Settings) -> float:
@@ -722,8 +723,6 @@ def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
     return gain is None or error * gain <= s.reach_slack * goal_error
 
 
-# a strategy: `start` (weights and LR for a new depth), `stop` (is the phase over after this epoch),
-# and optionally a per-step LR `schedule`; a scheduled strategy fine-tunes every depth within reach
 STRATEGIES: dict[str, tuple[Callable[..., float], Callable[[Phase, Settings], bool],
                             Callable[[int, int], float] | None]] = {
     "paper": (restart_from_warmup, converged, None),
@@ -1435,6 +1434,13 @@ def cli(
         fail(f"{error}; finished phases are kept in {out_dir}", code=1)
     except ValueError as error:
         fail(str(error))
+    except RuntimeError as error:
+        if world == 1:
+            raise
+        # another rank died (its own error is above) or the ranks disagreed: say what is safe, not a traceback
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        fail(f"rank {rank} of the torchrun job stopped: {reason}; the last checkpoint and every finished phase are "
+             f"in {out_dir}: fix the first error reported, then {resume_command}", code=1)
     except OSError as error:
         then = f"then {resume_command}" if (out_dir / CHECKPOINT).exists() else "then run the same command again"
         fail(f"cannot write in {out_dir} ({error.strerror or error}); the last complete checkpoint and every "

@@ -1485,3 +1485,35 @@ def test_a_torchrun_job_stopped_by_sigterm_resumes_to_the_uninterrupted_result(t
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     same_run(out, tmp_path / "whole")
 
+
+
+def test_a_rank_that_dies_ends_the_torchrun_job_with_one_clear_line_and_a_resumable_checkpoint(tmp_path):
+    """kill -9 of rank 1 mid-run: rank 0 does not hang in its next collective; it says in one line what
+    stopped, where the checkpoint is and how to resume; resuming finishes the job."""
+    import signal
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([*TORCHRUN_2, str(HERE / "odn.py"), *RESUMABLE, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                               env={**os.environ, **ONE_THREAD})
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("search d=1 epoch 1"):
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+                try:
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"RANK=1" in environ and b"TORCHELASTIC_RUN_ID" in b"".join(environ) and \
+                        str(out).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            break
+    output += process.stdout.readlines()
+    assert process.wait(timeout=120) != 0
+    said = [line for line in output if line.startswith("error: rank 0 of the torchrun job stopped")]
+    assert len(said) == 1 and f"are in {out}" in said[0] and "--resume" in said[0], "".join(output)[-3000:]
+    assert (out / "checkpoint.safetensors").is_file()
+    resumed = subprocess.run([*TORCHRUN_2, str(HERE / "odn.py"), *RESUMABLE, "--out", str(out), "--resume"],
+                             capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **ONE_THREAD}, timeout=600)
+    assert resumed.returncode == 0 and (out / "odn.json").is_file(), resumed.stderr[-2000:]

@@ -136,8 +136,15 @@ def write_cache(path: Path, dataset: DataSet, shapes: dict[str, tuple[torch.Size
     partial = path.with_suffix(".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_splits(partial, header, entries, shapes, fill, facts, encode, stats, offset)
-        os.replace(partial, path)
+        # several torchrun ranks (or runs) may want the same cache at once: one builds it, the others
+        # wait for the lock and then find it built
+        import fcntl
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file() and cache_fingerprint(path) == fingerprint:
+                return
+            write_splits(partial, header, entries, shapes, fill, facts, encode, stats, offset)
+            os.replace(partial, path)
     except OSError as error:
         if partial.is_file():
             partial.unlink()
@@ -175,6 +182,16 @@ def write_splits(partial: Path, header: bytes, entries: dict, shapes: dict, fill
         with open(partial, "r+b") as file:
             file.seek(8)
             file.write(encode().ljust(len(header)))
+
+
+def cache_fingerprint(path: Path) -> str | None:
+    """The fingerprint a cache file was built with (None when its header cannot be read)."""
+    try:
+        with open(path, "rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        return json.loads(header["__metadata__"]["odn"])["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def read_cache(path: Path) -> DataSet:

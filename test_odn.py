@@ -1439,6 +1439,24 @@ def test_folder_cache_is_rebuilt_when_the_files_change_and_a_damaged_one_says_so
         datasets.read_cache(file)
 
 
+def load_cached_folder(root: str) -> list:
+    d = datasets.load(f"folder:{root}", cache=True)
+    return [getattr(d, split)[0].clone() for split in ("train", "val", "test")]
+
+
+def test_processes_building_the_same_cache_at_once_get_one_good_file(tmp_path):
+    """torchrun ranks reach `load` together: one builds the cache, the others wait for it."""
+    import concurrent.futures
+    import multiprocessing
+    write_pngs(tmp_path, "train", 30, "RGB", size=(16, 16))
+    with concurrent.futures.ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(load_cached_folder, [str(tmp_path)] * 3))
+    memory = datasets.load(f"folder:{tmp_path}")
+    for result in results:
+        assert all(torch.equal(a, getattr(memory, split)[0]) for a, split in zip(result, ("train", "val", "test")))
+    assert sorted(p.name for p in (tmp_path / "odn-cache").iterdir()) == ["native.lock", "native.safetensors"]
+
+
 def test_a_cache_that_cannot_be_written_is_one_line(tmp_path):
     write_pngs(tmp_path, "train", 5, "L")
     (tmp_path / "odn-cache").write_text("a file where the cache folder should be")

@@ -49,7 +49,6 @@ class DataSet:
     augment: Augment | None = None  # what --augment applies: crop_flip, or crop where a mirror changes the class
     augment_by_default: bool = False  # the paper trains the grey sets without augmentation
     skipped: list[str] = field(default_factory=list)  # unreadable image files left out (folders only)
-    fingerprint: str = ""  # a cache's: the files it was decoded from (folders only)
 
 
 LOADERS: dict[str, Callable[[Path], DataSet]] = {}
@@ -219,7 +218,7 @@ def read_cache(path: Path) -> DataSet:
     return DataSet(facts["name"], splits["train"], splits["val"], splits["test"], facts["num_classes"],
                    facts["in_chans"], facts["image_size"], tuple(facts["mean"]), tuple(facts["std"]),
                    facts["classes"], AUGMENTS[facts["augment"]]() if facts["augment"] else None,
-                   facts["augment_by_default"], facts["skipped"], facts["fingerprint"])
+                   facts["augment_by_default"], facts["skipped"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,10 +527,8 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
     listing = sorted((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for items in samples.values() for f, _ in items)
     fingerprint = hashlib.sha256(repr((listing, image_size, strict_images)).encode()).hexdigest()
     cached = path / CACHE_DIR / f"{image_size or 'native'}.safetensors"
-    if cache and cached.is_file():
-        dataset = read_cache(cached)
-        if dataset.fingerprint == fingerprint:
-            return dataset
+    if cache and cache_fingerprint(cached) == fingerprint:  # the header alone says whether it is current
+        return read_cache(cached)
     if len(classes) < 2:
         raise DataUnavailable(f"{name}: train/ has {len(classes)} class folder{'s' * (len(classes) != 1)} "
                               f"({', '.join(classes) or 'none'}); a classifier needs at least two")

@@ -6,21 +6,27 @@ converges and add one block at a time until the target accuracy is met. The firs
 meets it is fine-tuned and extracted as a standalone, much smaller network.
 
     python odn.py                                            # offline default: ResNet-18 on 8×8 digits
-    python odn.py --arch resnet18 --data mnist --target 0.99                  # the paper's protocol
-    python odn.py --arch resnet18 --data mnist --target 0.99 --strategy fast  # one-cycle schedules
+    python odn.py --arch resnet18 --data mnist --target 0.99                   # one-cycle schedules (fast)
+    python odn.py --arch resnet18 --data mnist --target 0.99 --strategy paper  # the paper's exact protocol
     python odn.py ... --resume                               # continue a killed run from its last epoch
     torchrun --nproc-per-node 4 odn.py ...                   # the same search, DDP over 4 processes
     python odn.py plot RUN_DIR                               # redraw a run's search.png and depths.png
+
+Reading order, as the paper goes: the protocol (`DepthPartitionable`), the multi-head model (`DepthNet`) and
+`extract`; batches and one training epoch; the plateau rule (`plateau_step`); `warmup`; the strategies (how a
+depth starts and when it stops); `search` — Algorithm 1: warm-up, then a loop that trains a depth, rejects it
+below the target and adds a block, and `fine_tune`s the first depth that meets it; then measurement (Table I),
+save / load, ONNX deployment, and last the command line and its report.
 
 Used as a library, this file needs only torch: give `search` any `DepthPartitionable` network
 and your own tensors in a `Data`; `extract` cuts out the network, `save` writes it and `load` reads
 it back (with your own `build`). Under `torchrun` the same search runs with DDP, one rank per process.
 
-Measured (2 CPU cores, AMD EPYC, 2026-11-25): `--strategy fast` on all of MNIST, target 99 % → depth 2/8
+Measured (2 CPU cores, AMD EPYC, 2026-11-25): the default `fast` strategy on all of MNIST, target 99 % → depth 2/8
 (the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.39 % (the paper: 99.31 %), in 28
 minutes; on all of Fashion-MNIST, ResNet-34, target 93.5 % → depth 3/16 (the paper: 6/16), 223,306 parameters,
-validation 93.97 %, test 93.11 % (the paper: 93.54 %), in 46 minutes; `python odn.py` (digits, the paper's
-protocol) → depth 2/8, test 98.89 %, 4.09 TFLOP in 27 s.
+validation 93.97 %, test 93.11 % (the paper: 93.54 %), in 46 minutes; `python odn.py` (digits) → depth 1/8,
+test 98.33 %, 0.79 TFLOP in 4 s (the paper's protocol: depth 2/8, 98.61 %, 3.99 TFLOP in 18 s).
 """
 from __future__ import annotations
 
@@ -343,10 +349,11 @@ def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.op
 
 @dataclass
 class Settings:
-    """Every protocol number, defaulting to the paper's (warm-up 3 epochs at LR 0.001, LR 0.01, batch 128,
-    LR × 0.6 after every 5 epochs without a new best, converged after 23)."""
+    """Every protocol number. The default strategy is `fast` (one-cycle schedules); `strategy="paper"` runs
+    the paper's exact protocol with its numbers (warm-up 3 epochs at LR 0.001, LR 0.01, batch 128, LR × 0.6
+    after every 5 epochs without a new best, converged after 23)."""
     target: float = 0.98
-    strategy: str = "paper"
+    strategy: str = "fast"
     warmup_epochs: int | None = None  # None: the strategy's own (paper, early, carry: 3; fast: 1)
     warmup_lr: float | None = None  # None: the strategy's own (paper, early, carry: 0.001; fast: 0.01)
     lr: float = 0.01
@@ -723,6 +730,10 @@ def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
     return gain is None or error * gain <= s.reach_slack * goal_error
 
 
+# the options only some strategies read (the CLI refuses the others' options rather than ignore them)
+PLATEAU_OPTIONS = ("lr", "patience", "lr_patience", "lr_decay", "max_epochs", "reject_margin")
+SCHEDULE_OPTIONS = ("short_epochs", "long_epochs", "min_steps", "peak_lr", "reach", "reach_slack")
+
 STRATEGIES: dict[str, tuple[Callable[..., float], Callable[[Phase, Settings], bool],
                             Callable[[int, int], float] | None]] = {
     "paper": (restart_from_warmup, converged, None),
@@ -845,7 +856,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             if schedule and phase.best_val < 1:  # what the long schedule does to the error, measured
                 gain = min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
         if reached:
-            break
+            break  # §III-D: the first depth that meets the target, already fine-tuned
+        # below the target: depth d is rejected, and the next pass adds block d + 1
 
     # target not reached: fine-tune the best depth tried
     if not reached:
@@ -1264,20 +1276,20 @@ HELP = {
     "data": "data set: digits (offline default), mnist, fashion_mnist, emnist, svhn, cifar10, cifar100, stl10, "
             "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/; see README)",
     "target": "target validation accuracy in (0, 1]",
-    "strategy": "paper (the reference protocol), early (stop a depth once its outcome is known), "
-                "carry (early, and keep the converged weights when a block is added) or fast (one-cycle "
-                "schedules: a short look at every depth, a long one for depths within reach)",
-    "warmup_epochs": "epochs of all-depth warm-up (§III-B; default 3, fast 1)",
-    "warmup_lr": "warm-up learning rate, cosine-annealed (default 0.001, fast 0.01)",
-    "lr": "search learning rate; each expansion starts at half of it",
+    "strategy": "fast (one-cycle schedules: a short look at every depth, a long one for depths within reach), "
+                "paper (the paper's exact protocol), early (paper, but stop a depth once its outcome is known) "
+                "or carry (early, and keep the converged weights when a block is added)",
+    "warmup_epochs": "epochs of all-depth warm-up (§III-B; fast 1, the others 3)",
+    "warmup_lr": "warm-up learning rate, cosine-annealed (fast 0.01, the others 0.001)",
+    "lr": "paper/early/carry: search learning rate; each expansion starts at half of it",
     "batch_size": "training batch size",
-    "patience": "epochs without a new best validation accuracy that mean converged",
-    "lr_patience": "multiply the LR by --lr-decay after every this many epochs without a new best",
-    "lr_decay": "LR factor of the plateau rule",
+    "patience": "paper/early/carry: epochs without a new best validation accuracy that mean converged",
+    "lr_patience": "paper/early/carry: multiply the LR by --lr-decay after every this many epochs without a new best",
+    "lr_decay": "paper/early/carry: LR factor of the plateau rule",
     "start_depth": "first depth to train",
     "max_depth": "deepest depth to try (0 = all blocks)",
     "tolerance": "accept a depth whose best validation accuracy is ≥ target − tolerance",
-    "max_epochs": "cap on the epochs of any one search or fine-tune phase (0 = none), for quick runs",
+    "max_epochs": "paper/early/carry: cap on the epochs of any one search or fine-tune phase (0 = none), for quick runs",
     "train_subset": "train on a seeded random subset of this many images (0 = all)",
     "seed": "random seed for weights and shuffling",
     "device": "auto, cpu or cuda",
@@ -1315,13 +1327,14 @@ HELP = {
     "resume": "continue the interrupted run in --out from its last checkpoint (same options)",
     "force": "start over in an --out that already holds a run (finished or interrupted)",
     "keep_checkpoints": "keep checkpoint.safetensors once the run has finished",
-    "list_archs": "list every registered architecture: blocks, full-depth params and multiply-adds "
-                  "(3 channels, 10 classes, --image-size or 32 px), then exit",
+    "list_archs": "list every registered architecture name, its block count and plugin file, then exit",
+    "describe": "build this architecture and print the params, MB and multiply-adds of every depth (3 channels, "
+                "10 classes, --image-size or 32 px), then exit",
 }
 
 
 def cli(
-    arch: str = "resnet18", data: str = "digits", target: float = 0.98, strategy: str = "paper",
+    arch: str = "resnet18", data: str = "digits", target: float = 0.98, strategy: str = "fast",
     warmup_epochs: int | None = None, warmup_lr: float | None = None, lr: float = 0.01, batch_size: int = 128,
     patience: int = 23, lr_patience: int = 5, lr_decay: float = 0.6, start_depth: int = 1,
     max_depth: int = 0, tolerance: float = 0.0, max_epochs: int = 0, train_subset: int = 0,
@@ -1333,7 +1346,7 @@ def cli(
     amp: bool | None = None,
     channels_last: bool | None = None, compile: bool = False, resume: bool = False, force: bool = False,
     keep_checkpoints: bool = False, strict_images: bool = False, cache: bool = False, max_params: int = 0, max_macs: int = 0,
-    max_latency_ms: float = 0.0, export: str = "", int8: bool = False, list_archs: bool = False,
+    max_latency_ms: float = 0.0, export: str = "", int8: bool = False, list_archs: bool = False, describe: str = "",
 ) -> None:
     """Find the optimal depth of ARCH for DATA, fine-tune it, extract it and report Table I."""
     from rich.console import Console
@@ -1345,9 +1358,13 @@ def cli(
     if not console.is_terminal:
         console = Console(width=max(console.width, 110))  # keep Table I readable in logs and pipes
     if list_archs:
-        size = image_size or 32
-        console.print(architecture_table(archs, size))
-        return
+        return console.print(architecture_list(archs))
+    if describe:
+        try:
+            net = DepthNet(archs.build(describe, num_classes=10, in_chans=3, image_size=image_size or 32), 10)
+        except (LookupError, ValueError) as error:
+            fail(str(error).strip("'\""))
+        return console.print(depth_table(describe, net, image_size or 32))
     if export:
         return export_run(Path(export), data_dir, console, int8)
     # every option named like a Settings field is that field: the CLI adds nothing of its own
@@ -1359,6 +1376,13 @@ def cli(
         settings.check()  # every option's range, before any data is loaded
     except ValueError as error:
         fail(str(error))
+    # an option the chosen strategy never reads would be silently ignored: say so instead
+    scheduled = strategy in STRATEGIES and STRATEGIES[strategy][2] is not None
+    for name in PLATEAU_OPTIONS if scheduled else SCHEDULE_OPTIONS:
+        if getattr(settings, name) != Settings.__dataclass_fields__[name].default:
+            fail(f"--{name.replace('_', '-')} does nothing with --strategy {strategy}: it is an option of "
+                 + ("the paper, early and carry strategies (fast uses --peak-lr, --short-epochs and --long-epochs)"
+                    if scheduled else "--strategy fast") + "; drop it or change --strategy")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -1451,7 +1475,7 @@ def cli(
     if rank:
         return
     record = run_record(result, rows, settings, facts, net.max_depth, len(train[1]))
-    record["by_depth"] = {"macs": result.macs, "params": [sum(p.numel() for m in net.parts(d) for p in m.parameters())
+    record["by_depth"] = {"macs": result.macs, "params": [count_params(nn.ModuleList(net.parts(d)))
                                                           for d in range(1, net.max_depth + 1)]}
     model = extract(net, result.depth)
     save(model, out_dir, **record)
@@ -1463,11 +1487,12 @@ def cli(
     verdict = "reached" if result.target_reached else "[red]NOT reached[/] — best depth tried"
     if result.budget and not result.target_reached and result.budget["depth"] < net.max_depth:
         verdict = f"[red]not met within the budget[/] (depths ≤ {result.budget['depth']} fit it) — best depth within it"
-    written = ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file()))
-    console.print(f"wrote in {out_dir}: {written}", highlight=False, soft_wrap=True)
     console.print(f"target {target:.2%} {verdict}: depth {result.depth}/{net.max_depth}, "
                   f"test {record['test_accuracy']:.2%}; search cost {record['search_cost']['flops'] / 1e12:.2f} "
-                  f"TFLOP, {record['search_cost']['seconds']:.0f} s. Saved {out_dir}/odn.safetensors", soft_wrap=True)
+                  f"TFLOP, {record['search_cost']['seconds']:.0f} s. The network: {out_dir}/odn.safetensors "
+                  "(odn.load reads it back)", soft_wrap=True)
+    written = ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file()))
+    console.print(f"wrote in {out_dir}: {written}", highlight=False, soft_wrap=True)
 
 
 def deploy_and_report(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, record: dict, console,
@@ -1516,25 +1541,38 @@ def export_run(run_dir: Path, data_dir: str, console, int8: bool = False) -> Non
     deploy_and_report(model, extract(net.eval(), net.max_depth), run_dir, data, record, console, int8)
 
 
-def describe(build: Callable[..., DepthPartitionable], image_size: int = 32) -> dict:
-    """Blocks, full-depth params and multiply-adds of a built architecture (3×size×size input, 10 classes)."""
-    net = DepthNet(build(num_classes=10, in_chans=3, image_size=image_size), 10).eval()
-    macs = forward_macs(lambda x: net(x, net.max_depth), torch.zeros(1, 3, image_size, image_size))
-    return {"blocks": net.max_depth, "macs": macs, "params": count_params(extract(net, net.max_depth))}
+def by_depth(net: DepthNet, sample: Tensor) -> dict[str, list[int]]:
+    """Parameters and forward multiply-adds per image of every depth 1..N (what budgets are set against)."""
+    net.eval()  # batch-norm cannot count a batch of one in training mode
+    return {"params": [count_params(nn.ModuleList(net.parts(d))) for d in range(1, net.max_depth + 1)],
+            "macs": [forward_macs(lambda x, d=d: net(x, d), sample) for d in range(1, net.max_depth + 1)]}
 
 
-def architecture_table(archs, image_size: int):
-    """`--list-archs`: every registered architecture as a rich table."""
+def architecture_list(archs):
+    """`--list-archs`: every registered name, its plugin file and its pinned block count — nothing is built."""
     from rich.table import Table
 
-    listing = Table(title=f"architectures (3×{image_size}×{image_size} input, 10 classes, full depth)",
-                    caption=f"FLOPs = multiply-adds per image. Also the name patterns {', '.join(sorted(archs.PATTERNS))}.")
-    for name, justify in (("arch", "left"), ("blocks", "right"), ("params", "right"), ("MFLOPs", "right")):
+    listing = Table(title="architectures (python odn.py --describe NAME: params and multiply-adds per depth)",
+                    caption=f"Also the name patterns {', '.join(sorted(archs.PATTERNS))}.")
+    for name, justify in (("arch", "left"), ("blocks", "right"), ("plugin", "left")):
         listing.add_column(name, justify=justify)
     for name in archs.names():
-        row = describe(lambda **kw: archs.build(name, **kw), image_size)
-        listing.add_row(name, str(row["blocks"]), f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f}")
+        listing.add_row(name, str(archs.BLOCKS.get(name, "?")), f"archs/{archs.family(name)}.py")
     return listing
+
+
+def depth_table(name: str, net: DepthNet, image_size: int):
+    """`--describe NAME`: Table I's size columns for every depth of one architecture, before any training."""
+    from rich.table import Table
+
+    facts = by_depth(net, torch.zeros(1, 3, image_size, image_size))
+    table = Table(title=f"{name}: {net.max_depth} blocks (3×{image_size}×{image_size} input, 10 classes)",
+                  caption="FLOPs = multiply-adds per image; a depth's network is stem + its blocks + its head.")
+    for column in ("depth", "params", "size MB", "MFLOPs"):
+        table.add_column(column, justify="right")
+    for d, (params, macs) in enumerate(zip(facts["params"], facts["macs"]), 1):
+        table.add_row(f"{d}/{net.max_depth}", f"{params:,}", f"{size_mb(params):.2f}", f"{macs / 1e6:,.1f}")
+    return table
 
 
 PLOT_MISSING = "pictures skipped: search.png and depths.png need matplotlib — pip install 'odn[plot]', then " \
@@ -1741,7 +1779,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             seconds = record.get("seconds") or (now - clock["epoch"])
             if record.get("budget"):
                 left = record["budget"] - record["epoch"]
-                phase_eta = f" · phase eta {left * seconds / 60:.1f} min ({left} epochs)"
+                phase_eta = f" · phase eta {left * seconds / 60:.1f} min ({left} epoch{'s' if left != 1 else ''})"
             elif "since_best" in record:
                 left = s.patience - record["since_best"]
                 phase_eta = f" · ≥ {left} epochs (≥ {left * seconds / 60:.1f} min) to converge"
@@ -1784,7 +1822,7 @@ def run_record(result: Result, rows: list[dict], s: Settings, facts: dict, max_d
         except metadata.PackageNotFoundError:
             pass
     return {**facts, "depth": result.depth, "max_depth": max_depth, "target": s.target,
-            "target_reached": result.target_reached, "target_met": result.target_reached, "strategy": s.strategy,
+            "target_reached": result.target_reached, "strategy": s.strategy,
             "budget": result.budget,
             "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
             "params": chosen["params"], "size_mb": chosen["size_mb"], "flops": chosen["macs"],
@@ -1818,9 +1856,10 @@ def report_table(rows: list[dict], record: dict):
     for name in ("depth", "params", "size MB", "size −%", "MFLOPs", "latency ms", "epochs", "train TFLOP",
                  "val acc", "test acc"):
         table.add_column(name, justify="right")
-    percent = lambda v: "—" if v is None else f"{v:.2%}"
     for r in rows:
-        label = f"{r['depth']}/{r['max_depth']}" + {"search": "", "baseline": " full", "full": ""}[r["kind"]]
+        label = f"{r['depth']}/{r['max_depth']}" + {"search": "", "baseline": " full†", "full": " full"}[r["kind"]]
+        untrained = "— ‡" if r["kind"] == "full" else "—"
+        percent = lambda v: untrained if v is None else f"{v:.2%}"
         table.add_row(label + (" ★" if r["chosen"] else ""), f"{r['params']:,}", f"{r['size_mb']:.2f}",
                       f"{r['size_reduction']:.2%}", f"{r['macs'] / 1e6:.2f}", f"{r['latency_ms']:.2f}",
                       str(r["epochs"] or "—"), f"{r['train_flops'] / 1e12:.2f}" if r["epochs"] else "—",
@@ -1832,6 +1871,11 @@ def report_table(rows: list[dict], record: dict):
     table.caption = (f"search cost (warm-up + search + fine-tune): {cost['epochs']} epochs, "
                      f"{cost['images']:,} training images, {cost['flops'] / 1e12:.2f} TFLOP{ratio}, "
                      f"{cost['seconds']:.0f} s")
+    kinds = {r["kind"] for r in rows}
+    if "baseline" in kinds:
+        table.caption += "\n† the full depth trained alone (--baseline), same recipe and start; not in the search cost"
+    if "full" in kinds:
+        table.caption += "\n‡ not trained: the search stopped shallower; --baseline trains the full depth alone"
     return table
 
 

@@ -4,26 +4,36 @@ A builder takes (num_classes, in_chans, image_size, name=<registered name>, **kw
 satisfies odn.DepthPartitionable: `stem`, `blocks` (ordered), `channels` (after each block).
 Every module in this folder is imported on first use, so adding a file is all a plugin needs.
 A family of names (wrn<d>_<k>, timm:<name>) registers one builder for a pattern instead.
+`register(..., blocks=(...))` pins how many blocks each name yields: the conformance test checks it
+and `--list-archs` shows it without building anything.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 BUILDERS: dict[str, Callable] = {}
+BLOCKS: dict[str, int] = {}  # name → the block count its builder must yield (pinned at registration)
 PATTERNS: dict[str, tuple[re.Pattern, Callable]] = {}  # shown form, e.g. "wrn<d>_<k>" → (regex, builder)
 _discovered = False
 
 
-def register(*names: str) -> Callable:
-    """Register a builder under one or more names; a name may be registered once."""
+def register(*names: str, blocks: Sequence[int] | None = None) -> Callable:
+    """Register a builder under one or more names; a name may be registered once.
+
+    `blocks`, one count per name, pins how many blocks each name yields (checked by the tests).
+    """
+    if blocks is not None and len(blocks) != len(names):
+        raise ValueError(f"register{names}: {len(blocks)} block counts for {len(names)} names")
+
     def decorate(builder: Callable) -> Callable:
         for name in names:
             if name in BUILDERS:
                 raise ValueError(f"architecture {name!r} is already registered")
             BUILDERS[name] = builder
+        BLOCKS.update(zip(names, blocks or ()))
         return builder
     return decorate
 
@@ -51,6 +61,12 @@ def names() -> list[str]:
     """Every registered architecture name, sorted."""
     _discover()
     return sorted(BUILDERS)
+
+
+def family(name: str) -> str:
+    """The plugin file a registered name comes from (e.g. "resnet"), without building it."""
+    _discover()
+    return BUILDERS[name].__module__.rsplit(".", 1)[-1]
 
 
 def build(name: str, *, num_classes: int, in_chans: int, image_size: int, **kw):

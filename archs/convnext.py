@@ -17,7 +17,7 @@ def norm_pooled_head(channels: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), LayerNorm2d(channels), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
-@register("convnext_atto", "convnext_nano")
+@register("convnext_atto", "convnext_nano", blocks=(12, 14))
 def convnext(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     import timm
 

@@ -17,7 +17,8 @@ def out_channels(block: nn.Module) -> int:
     return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-@register("mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0")
+@register("mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0",
+          blocks=(13, 17, 12, 16, 16))
 def mobilenet(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     import timm
 

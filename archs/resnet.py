@@ -31,7 +31,7 @@ def partition_resnet(model, in_chans: int, image_size: int) -> Partition:
     return Partition(stem, blocks, channels, reference=reference)
 
 
-@register("resnet18", "resnet26", "resnet34", "resnet50", "resnet101", "resnet152")
+@register("resnet18", "resnet26", "resnet34", "resnet50", "resnet101", "resnet152", blocks=(8, 8, 16, 16, 33, 50))
 def resnet(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     import timm
 

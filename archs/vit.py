@@ -35,7 +35,7 @@ def token_head(channels: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.LayerNorm(channels, eps=1e-6), ClassToken(), nn.Linear(channels, num_classes))
 
 
-@register("vit_tiny_patch16_224")
+@register("vit_tiny_patch16_224", blocks=(12,))
 def vit(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     import timm
 

@@ -13,7 +13,7 @@ from archs import Partition, register, register_pattern
 from archs.resnet import partition_resnet
 
 
-@register("wide_resnet50_2", "wide_resnet101_2")
+@register("wide_resnet50_2", "wide_resnet101_2", blocks=(16, 33))
 def wide_resnet(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     import timm
 
@@ -22,7 +22,7 @@ def wide_resnet(num_classes: int, in_chans: int, image_size: int, *, name: str, 
     return partition_resnet(model, in_chans, image_size)
 
 
-@register("wrn16_8", "wrn28_10", "wrn40_2", "wrn40_4")
+@register("wrn16_8", "wrn28_10", "wrn40_2", "wrn40_4", blocks=(6, 12, 18, 18))
 @register_pattern("wrn<d>_<k>", r"wrn(\d+)_(\d+)")
 def wrn(num_classes: int, in_chans: int, image_size: int, *, name: str, **kw) -> Partition:
     from timm.models.resnet import BasicBlock, ResNet

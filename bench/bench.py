@@ -70,8 +70,8 @@ def load(profile: dict, data_dir: str | None):
     return dataset, odn.Data(train, val, dataset.test, dataset.mean, dataset.std)
 
 
-def fresh_net(name: str, dataset) -> odn.DepthNet:
-    torch.manual_seed(0)  # every strategy starts from the same initial weights
+def fresh_net(name: str, dataset, seed: int = 0) -> odn.DepthNet:
+    torch.manual_seed(seed)  # every strategy starts from the same initial weights
     partition = archs.build(name, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                             image_size=dataset.image_size)
     return odn.DepthNet(partition, dataset.num_classes)
@@ -88,12 +88,13 @@ def progress(record: dict, history=None) -> None:
 
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
-               data_dir: str = "", history: str = "", results: str = RESULTS) -> None:
+               data_dir: str = "", history: str = "", results: str = RESULTS, seed: int = 0) -> None:
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
     strategy's own recipe: the plateau rule for paper/early/carry, the long one-cycle for fast)
-    runs once per recipe. `--history DIR` keeps every epoch for `replay`.
+    runs once per recipe. `--history DIR` keeps every epoch for `replay`. `--seed N` (N > 0) draws
+    other initial weights and batch orders on the same data, recorded apart (`seeds` compares them).
     """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
@@ -104,9 +105,9 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     for name in names.split(","):
         recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
         base_file = folder / f"{profile}-baseline-{recipe}.json"
-        net = fresh_net(p["arch"], dataset)
-        s = odn.Settings(target=p["target"], strategy=name, baseline=baseline and not base_file.exists(),
-                         **p["settings"])
+        net = fresh_net(p["arch"], dataset, seed)
+        s = odn.Settings(target=p["target"], strategy=name, seed=seed,
+                         baseline=baseline and not base_file.exists() and not seed, **p["settings"])
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:
@@ -114,8 +115,9 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         model = odn.extract(net, result.depth).eval()
         row = {"strategy": name, "depth": result.depth, "val": result.val_accuracy,
                "test": odn.accuracy(model, data.test, data), **result.cost, "speed": result.speed,
-               "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val) for ph in result.phases], **machine()}
-        (folder / f"{profile}-{name}.json").write_text(json.dumps(row, indent=2))
+               "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val) for ph in result.phases], "seed": seed,
+               **machine()}
+        (folder / f"{profile}-{name}{f'-seed{seed}' if seed else ''}.json").write_text(json.dumps(row, indent=2))
         if result.baseline is not None:
             full = odn.extract(net, net.max_depth)
             full.load_state_dict(result.weights["baseline"])
@@ -126,7 +128,26 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
                 "flops": b.flops, "seconds": b.seconds, **machine()}, indent=2))
         print(f"{name}: depth {row['depth']} val {row['val']:.4f} test {row['test']:.4f} "
               f"{row['flops'] / 1e12:.2f} TFLOP {row['seconds']:.0f} s", flush=True)
-    table(profile, results)
+    seeds(profile, names, results) if seed else table(profile, results)
+
+
+@app.command()
+def seeds(profile: str, names: str = "paper,fast", results: str = RESULTS) -> None:
+    """Every recorded seed of each strategy on one profile, and their mean: on 1,000 training images one
+    seed cannot tell 0.3 pt of test accuracy apart (seed 0 is the `strategies` row)."""
+    folder = Path(results)
+    print(f"\n### {profile}: seeds\n\n| strategy | seed | depth | val acc | test acc | train TFLOP |\n|---|---|---|---|---|---|")
+    for name in names.split(","):
+        runs = sorted(([json.loads(f.read_text())] if (f := folder / f"{profile}-{name}.json").exists() else []) +
+                      [json.loads(f.read_text()) for f in folder.glob(f"{profile}-{name}-seed*.json")],
+                      key=lambda r: r.get("seed", 0))
+        for r in runs:
+            print(f"| {name} | {r.get('seed', 0)} | {r['depth']} | {r['val']:.2%} | {r['test']:.2%} | "
+                  f"{r['flops'] / 1e12:.2f} |")
+        if runs:
+            mean = lambda key: sum(r[key] for r in runs) / len(runs)
+            print(f"| {name} | mean of {len(runs)} | {mean('depth'):.2f} | {mean('val'):.2%} | {mean('test'):.2%} | "
+                  f"{mean('flops') / 1e12:.2f} |")
 
 
 @app.command()
@@ -309,7 +330,7 @@ def speed(images: int = 2560, depth: int = 1, data_dir: str = "", repeats: int =
         net = fresh_net("resnet18", dataset).to(memory_format=memory_format).train()
         timings = {}
         for loop in ("bare", "odn", "odn --amp"):
-            s = odn.Settings(channels_last=channels_last, amp=loop.endswith("amp"))
+            s = odn.Settings(strategy="paper", channels_last=channels_last, amp=loop.endswith("amp"))  # plain momentum, as the bare loop
             best = 0.0
             for _ in range(repeats):  # interleaved best-of-N: the machine is shared
                 start = time.perf_counter()

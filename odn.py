@@ -785,6 +785,11 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         s = dataclasses.replace(s, amp=amp, channels_last=channels_last)
         speed = {"amp": amp, "channels_last": channels_last, "seconds_per_image": timings}
         emit({"event": "speed", **speed})
+    if schedule:  # the most epochs each depth can still take, so a caller can show the worst case ahead
+        per_epoch = steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
+        emit({"event": "plan", "macs": macs, "start": s.start_depth, "last": last, "warmup_epochs": s.warmup_epochs,
+              "short": schedule_epochs(Phase("search", 1, 0), s, per_epoch),
+              "long": schedule_epochs(Phase("finetune", 1, 0), s, per_epoch)})
     if s.channels_last:
         net.to(memory_format=torch.channels_last)
     if s.compile:
@@ -1719,6 +1724,24 @@ def check_out_dir(out_dir: Path, resume: bool, force: bool, command: dict) -> Pa
     return None
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def search_left(plan: dict, epoch: dict) -> float:
+    """Seconds the search can still take at most (`fast`: every depth up to the last fails), from a `plan`
+    event and the latest `epoch` event: its measured epoch time, scaled by multiply-adds to the other depths."""
+    macs, d = plan["macs"], epoch["depth"]
+    per_mac = epoch["seconds"] / macs[d - 1]  # a warm-up epoch is one pass at its depth, feeding every head
+    tries = (plan["short"] + plan["long"]) * sum(macs[plan["start"] - 1:plan["last"]])
+    if epoch["phase"] == "warmup":
+        left = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1] + tries
+    else:
+        left = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] + (epoch["phase"] == "search") * plan["long"] * macs[d - 1]
+        left += (plan["short"] + plan["long"]) * sum(macs[d:plan["last"]])
+    return left * per_mac
+
+
 def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, facts: dict, console,
                       resume: dict | None = None, stopping: Callable[[], bool] = lambda: False) -> Result:
     """Run the search with live progress; write each phase's weights as it finishes.
@@ -1763,9 +1786,12 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
                 done = clock["seen"] / images
                 eta = (now - clock["epoch"]) * (1 - done) / max(done, 1e-9)
                 console.print(f"  {clock['name']}: {done:.0%} of the epoch, {clock['seen'] / (now - clock['epoch']):.0f} "
-                              f"img/s, epoch eta {eta / 60:.1f} min", highlight=False)
+                              f"img/s, epoch eta {duration(eta)}", highlight=False)
                 clock["said"] = now
             return stopping()
+        if record["event"] == "plan":
+            clock["plan"] = record
+            return
         if record["event"] == "speed":
             console.print(f"speed: bf16 autocast {'on' if record['amp'] else 'off'}, channels-last "
                           f"{'on' if record['channels_last'] else 'off'} (fastest of "
@@ -1779,12 +1805,14 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             seconds = record.get("seconds") or (now - clock["epoch"])
             if record.get("budget"):
                 left = record["budget"] - record["epoch"]
-                phase_eta = f" · phase eta {left * seconds / 60:.1f} min ({left} epoch{'s' if left != 1 else ''})"
+                phase_eta = f" · phase eta {duration(left * seconds)} ({left} epoch{'s' if left != 1 else ''})"
             elif "since_best" in record:
                 left = s.patience - record["since_best"]
-                phase_eta = f" · ≥ {left} epochs (≥ {left * seconds / 60:.1f} min) to converge"
+                phase_eta = f" · ≥ {left} epochs (≥ {duration(left * seconds)}) to converge"
             since = f" best {record['best_val']:.4f} · {record['since_best']}/{s.patience} w/o gain" \
                 if "best_val" in record and not record.get("budget") else ""
+            if clock.get("plan") and record["phase"] in ("warmup", "search", "finetune") and record.get("seconds"):
+                phase_eta += f" · search ≤ {duration(search_left(clock['plan'], record))} left"
             name = f"{record['phase']} d={record['depth']}"
             status = f"lr {record['lr']:.2g} loss {record['loss']:.3f} val {record['val_acc']:.4f}{since}{phase_eta}"
             if live:

@@ -930,6 +930,17 @@ def test_the_readme_plugin_example_is_a_working_plugin(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_the_search_estimate_is_the_worst_case_scaled_by_multiply_adds():
+    plan = {"macs": [1, 2, 4], "start": 1, "last": 3, "warmup_epochs": 1, "short": 3, "long": 8}
+    # depth 2, one of 3 short-look epochs done at 10 s: 10 s per 2 multiply-adds → 5 s per unit
+    search = {"phase": "search", "depth": 2, "epoch": 1, "budget": 3, "seconds": 10.0}
+    assert odn.search_left(plan, search) == 5 * (2 * 2 + 8 * 2 + (3 + 8) * 4)
+    finetune = {**search, "phase": "finetune", "budget": 8}  # its long look: no second one to add
+    assert odn.search_left(plan, finetune) == 5 * (7 * 2 + (3 + 8) * 4)
+    warm = {"phase": "warmup", "depth": 3, "epoch": 1, "budget": 1, "seconds": 40.0}  # every depth still ahead
+    assert odn.search_left(plan, warm) == 10 * (3 + 8) * (1 + 2 + 4)
+
+
 def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
     def no_building(*args, **kwargs):
         raise AssertionError("--list-archs built a network")
@@ -1343,6 +1354,10 @@ def test_every_run_draws_its_search_and_depths_and_plot_redraws_them(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "odn.json").read_text())
     assert len(record["by_depth"]["params"]) == len(record["by_depth"]["macs"]) == record["max_depth"]
+    # not a terminal: one plain line per epoch, with the phase's ETA and the most the search can still take
+    epochs = [line for line in done.stdout.splitlines() if " epoch " in line and "s/epoch" in line]
+    assert len(epochs) == sum(p["epochs"] for p in record["phases"])
+    assert all("phase eta" in line and "search ≤" in line for line in epochs), epochs[:2]
     last = done.stdout.strip().splitlines()[-1]  # the report ends with everything written
     assert last.startswith(f"wrote in {out}: ") and "depths.png" in last and "odn.safetensors" in last
     from PIL import Image

@@ -955,6 +955,17 @@ def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
     assert "8/8" in described and "76,490" in described and "11,173,962" in described  # 3 channels, 28 px
 
 
+def test_the_top_level_holds_only_what_the_design_card_draws():
+    """odn.py, archs/, data.py, test_odn.py, pyproject.toml, README.md — plus BENCHMARKS.md, LICENSE, CI, the
+    benchmark scripts in bench/ and the README's pictures in docs/. Anything else belongs in one of them."""
+    listed = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=HERE)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    top = {path.split("/")[0] for path in listed.stdout.splitlines()}
+    assert top == {"odn.py", "archs", "data.py", "test_odn.py", "pyproject.toml", "README.md", "BENCHMARKS.md",
+                   "LICENSE", ".ci", ".gitignore", "bench", "docs"}
+
+
 def test_plugins_and_data_never_import_the_core():
     """One direction only: odn uses plugins; a plugin (or data.py) that imported odn would be a cycle."""
     code = "import sys, archs, data; archs.names(); assert 'odn' not in sys.modules, 'imported odn'"

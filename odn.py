@@ -1277,9 +1277,9 @@ def deploy(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, int8: b
 
 
 HELP = {
-    "arch": "architecture, a name registered in archs/ (see README)",
+    "arch": "architecture, a name registered in archs/ (--list-archs lists them)",
     "data": "data set: digits (offline default), mnist, fashion_mnist, emnist, svhn, cifar10, cifar100, stl10, "
-            "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/; see README)",
+            "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/)",
     "target": "target validation accuracy in (0, 1]",
     "strategy": "fast (one-cycle schedules: a short look at every depth, a long one for depths within reach), "
                 "paper (the paper's exact protocol), early (paper, but stop a depth once its outcome is known) "

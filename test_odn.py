@@ -955,6 +955,13 @@ def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
     assert "8/8" in described and "76,490" in described and "11,173,962" in described  # 3 channels, 28 px
 
 
+def test_odn_py_stands_alone_for_a_copier():
+    """Copied into another project, odn.py points at no file a copier will not have."""
+    text = (HERE / "odn.py").read_text()
+    for elsewhere in ("README", "DESIGN", "BENCHMARKS", "STYLE", "test_odn", "bench/"):
+        assert elsewhere not in text, elsewhere
+
+
 def test_the_top_level_holds_only_what_the_design_card_draws():
     """odn.py, archs/, data.py, test_odn.py, pyproject.toml, README.md — plus BENCHMARKS.md, LICENSE, CI, the
     benchmark scripts in bench/ and the README's pictures in docs/. Anything else belongs in one of them."""

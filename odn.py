@@ -881,7 +881,7 @@ def within_budget(net: DepthNet, s: Settings, macs: list[int], sample: Tensor) -
     """The deepest depth whose parameters, multiply-adds and batch-1 latency all fit the budgets."""
     if not (s.max_params or s.max_macs or s.max_latency_ms):
         return None
-    facts = {"params": [count_params(extract(net, d)) for d in range(1, net.max_depth + 1)], "macs": macs,
+    facts = {"params": depth_params(net), "macs": macs,
              "latency_ms": [latency_ms(extract(net, d), sample) if s.max_latency_ms else None
                             for d in range(1, net.max_depth + 1)]}
     fits = [(not s.max_params or p <= s.max_params) and (not s.max_macs or m <= s.max_macs) and
@@ -941,6 +941,11 @@ def time_training_steps(net: DepthNet, data: Data, s: Settings, depth: int, amp:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def depth_params(net: DepthNet) -> list[int]:
+    """Parameters of the extracted network at every depth 1..N (stem + blocks + that depth's head), uncopied."""
+    return [count_params(nn.ModuleList(net.parts(d))) for d in range(1, net.max_depth + 1)]
 
 
 def size_mb(params: int) -> float:
@@ -1480,8 +1485,7 @@ def cli(
     if rank:
         return
     record = run_record(result, rows, settings, facts, net.max_depth, len(train[1]))
-    record["by_depth"] = {"macs": result.macs, "params": [count_params(nn.ModuleList(net.parts(d)))
-                                                          for d in range(1, net.max_depth + 1)]}
+    record["by_depth"] = {"macs": result.macs, "params": depth_params(net)}
     model = extract(net, result.depth)
     save(model, out_dir, **record)
     if not keep_checkpoints:
@@ -1549,7 +1553,7 @@ def export_run(run_dir: Path, data_dir: str, console, int8: bool = False) -> Non
 def by_depth(net: DepthNet, sample: Tensor) -> dict[str, list[int]]:
     """Parameters and forward multiply-adds per image of every depth 1..N (what budgets are set against)."""
     net.eval()  # batch-norm cannot count a batch of one in training mode
-    return {"params": [count_params(nn.ModuleList(net.parts(d))) for d in range(1, net.max_depth + 1)],
+    return {"params": depth_params(net),
             "macs": [forward_macs(lambda x, d=d: net(x, d), sample) for d in range(1, net.max_depth + 1)]}
 
 

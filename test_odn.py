@@ -228,16 +228,21 @@ def test_one_cycle_rises_linearly_for_a_quarter_then_falls_as_a_cosine_to_zero()
     assert lr(100) == pytest.approx(0.0) and lr(150) == pytest.approx(0.0)
 
 
-def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
-    """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
-    lrs = []
-    real = odn.train_epoch
+def lr_at_each_epoch(monkeypatch) -> list[float]:
+    """The LR at the start of every training epoch from now on, appended as they happen."""
+    lrs, real = [], odn.train_epoch
 
     def spy(loss_fn, optimizer, *args, **kwargs):
         lrs.append(optimizer.param_groups[0]["lr"])
         return real(loss_fn, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(odn, "train_epoch", spy)
+    return lrs
+
+
+def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
+    """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
+    lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
                      max_depth=2, min_steps=1)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
@@ -253,6 +258,23 @@ def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
     assert [odn.schedule_epochs(odn.Phase(name, 1, 0.1), s, steps) for name in ("search", "finetune")] == [3, 6]
     s.min_steps = 1000  # 125 epochs, and 250 for the long look
     assert [odn.schedule_epochs(odn.Phase(name, 1, 0.1), s, steps) for name in ("search", "finetune")] == [125, 250]
+
+
+def test_anneal_trains_the_chosen_depth_on_at_a_tenth_of_the_peak_falling_to_zero(monkeypatch):
+    """--anneal-epochs: after the long look that chose a depth, that depth trains on from its best weights,
+    at --peak-lr / 10 on a cosine to zero, step by step."""
+    assert [odn.cosine(step, 100) for step in (0, 50, 100, 150)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    lrs = lr_at_each_epoch(monkeypatch)
+    s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
+                     max_depth=2, min_steps=1, anneal_epochs=3)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 4), ("anneal", 1, 3)]
+    steps = odn.steps_per_epoch(512, 64)
+    assert lrs[-3:] == pytest.approx([0.04 * odn.cosine(e * steps, 3 * steps) for e in range(3)])
+    assert result.val_accuracy == result.phases[-1].best_val >= result.phases[-2].best_val
+    s.min_steps = 20  # stretched like the long look on small data: 3 epochs a short look, so 4.5 → 5
+    assert odn.schedule_epochs(odn.Phase("anneal", 1, 0.1), s, steps) == 5
 
 
 def scripted_training(readings: dict):
@@ -283,6 +305,19 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
                                                               ("finetune", 3)]
     assert result.depth == 3
+
+
+def test_an_anneal_that_does_not_beat_the_long_look_changes_nothing(monkeypatch):
+    """The anneal starts from the long look's best validation accuracy: lower readings keep the long look's."""
+    readings = {("search", 1): 0.96, ("finetune", 1): 0.97, ("anneal", 1): 0.965}
+    monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=2)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases][1:] == [("search", 1, 3), ("finetune", 1, 8),
+                                                                       ("anneal", 1, 2)]
+    assert result.val_accuracy == 0.97 and result.phases[-1].since_best == 2
+    readings["anneal", 1] = 0.975  # better: kept
+    assert odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s).val_accuracy == 0.975
 
 
 def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkeypatch):
@@ -495,6 +530,9 @@ def test_end_to_end_on_digits_writes_every_output(tmp_path):
     (["--describe", "resnet7"], "unknown architecture 'resnet7'; known:"),
     (["--strategy", "fast", "--patience", "5"], "--patience does nothing with --strategy fast"),
     (["--strategy", "paper", "--long-epochs", "12"], "--long-epochs does nothing with --strategy paper"),
+    (["--strategy", "paper", "--anneal-epochs", "4"], "--anneal-epochs does nothing with --strategy paper"),
+    (["--anneal-epochs", "-1"], "--anneal-epochs -1 is out of range: must be ≥ 0"),
+    (["--describe", "resnet18", "--data", "mnist", "--data-dir", "/nonexistent-odn"], "mnist: no files under"),
 ])
 def test_cli_errors_are_one_line(args, message):
     done = run_cli(*args, "--out", "/tmp/odn-should-not-exist")
@@ -906,7 +944,7 @@ def test_arch_table_lists_blocks_params_and_flops():
     rows = [odn.by_depth(net, torch.zeros(1, 3, 32, 32)) for net in nets]
     assert [(len(r["params"]), r["params"][-1]) for r in rows] == [(6, 10_963_162), (12, 932_778)]
     assert all(0 < a < b for r in rows for a, b in zip(r["macs"], r["macs"][1:]))
-    assert odn.depth_table("wrn16_8", nets[0], 32).row_count == 6
+    assert odn.depth_table("wrn16_8", nets[0], 3, 10, 32).row_count == 6
     assert odn.architecture_list(archs).row_count == len(archs.names())
 
 
@@ -939,6 +977,9 @@ def test_the_search_estimate_is_the_worst_case_scaled_by_multiply_adds():
     assert odn.search_left(plan, finetune) == 5 * (7 * 2 + (3 + 8) * 4)
     warm = {"phase": "warmup", "depth": 3, "epoch": 1, "budget": 1, "seconds": 40.0}  # every depth still ahead
     assert odn.search_left(plan, warm) == 10 * (3 + 8) * (1 + 2 + 4)
+    plan["anneal"] = 2  # --anneal-epochs: at most 2 more epochs, at the deepest depth
+    assert odn.search_left(plan, warm) == 10 * ((3 + 8) * (1 + 2 + 4) + 2 * 4)
+    assert odn.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == 5 * 1 * 2
 
 
 def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
@@ -953,6 +994,16 @@ def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
     odn.cli(describe="resnet18", image_size=28)
     described = capsys.readouterr().out
     assert "8/8" in described and "76,490" in described and "11,173,962" in described  # 3 channels, 28 px
+
+
+@needs_mnist
+def test_describe_sizes_the_network_for_the_data_named(capsys):
+    """--describe with --data counts the network that data set trains: MNIST's 1 channel, 28 px, 10 classes
+    (the depth-1 and full rows of Table I from a real MNIST run)."""
+    odn.cli(describe="resnet18", data="mnist", data_dir=ODN_DATA)
+    described = capsys.readouterr().out
+    assert "1×28×28 input" in described and "10" in described.split("input")[1]
+    assert "75,338" in described and "11,172,810" in described
 
 
 def test_odn_py_stands_alone_for_a_copier():

@@ -88,13 +88,15 @@ def progress(record: dict, history=None) -> None:
 
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
-               data_dir: str = "", history: str = "", results: str = RESULTS, seed: int = 0) -> None:
+               data_dir: str = "", history: str = "", results: str = RESULTS, seed: int = 0,
+               anneal_epochs: int = 0) -> None:
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
     strategy's own recipe: the plateau rule for paper/early/carry, the long one-cycle for fast)
     runs once per recipe. `--history DIR` keeps every epoch for `replay`. `--seed N` (N > 0) draws
     other initial weights and batch orders on the same data, recorded apart (`seeds` compares them).
+    `--anneal-epochs N` gives `fast` odn's `--anneal-epochs N`, recorded as `fast-annealN`.
     """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
@@ -106,8 +108,10 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
         base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset, seed)
-        s = odn.Settings(target=p["target"], strategy=name, seed=seed,
+        anneal = anneal_epochs if recipe == "fast" else 0
+        s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
                          baseline=baseline and not base_file.exists() and not seed, **p["settings"])
+        name = f"{name}-anneal{anneal}" if anneal else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:
@@ -164,11 +168,13 @@ def table(profile: str, results: str = RESULTS) -> None:
           "÷ oracle | ÷ full depth, same recipe | date, CPU, threads |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratio = lambda a, b: "—" if not b else f"{a / b:.2f}"
-    for name in ("baseline-paper", "paper", "early", "carry", "baseline-fast", "fast"):
+    annealed = sorted(f.stem.removeprefix(f"{profile}-") for f in folder.glob(f"{profile}-fast-anneal*.json")
+                      if "-seed" not in f.stem)
+    for name in ("baseline-paper", "paper", "early", "carry", "baseline-fast", "fast", *annealed):
         r = read(name)
         if r is None:
             continue
-        recipe = read("baseline-fast" if name.endswith("fast") else "baseline-paper")
+        recipe = read("baseline-fast" if name.endswith("fast") or name.startswith("fast-") else "baseline-paper")
         oracle = grid and grid["oracle_depth"]
         print(f"| {r['strategy']} | {r['depth']} | {oracle or '—'} | {r['val']:.2%} | {r['test']:.2%} | "
               f"{r['flops'] / 1e12:.2f} | {r['epochs']} | {r['seconds']:.0f} | "

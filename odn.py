@@ -707,18 +707,19 @@ def end_of_schedule(phase: Phase, s: Settings) -> bool:
     return phase.epochs >= phase.budget
 
 
+def cosine(step: int, steps: int) -> float:
+    """LR factor falling from 1 to zero as a cosine over `steps`: the anneal's whole schedule, and
+    one-cycle's after its warm-up (the anneal starts from trained weights, so it needs none)."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
+
+
 def one_cycle(step: int, steps: int, warmup: float = 0.25) -> float:
     """LR factor at `step` of `steps`: linear up over the first quarter, then cosine down to zero
     (super-convergence, Smith & Topin 2018): a depth converges in a few epochs instead of ~50."""
     up = max(1, round(warmup * steps))
     if step < up:
         return (step + 1) / up
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - up) / max(1, steps - up))))
-
-
-def cosine(step: int, steps: int) -> float:
-    """LR factor of the anneal: cosine from 1 down to zero, no warm-up (it starts from trained weights)."""
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
+    return cosine(step - up, steps - up)
 
 
 def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:

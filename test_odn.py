@@ -1,4 +1,5 @@
 """Behaviour of odn: the plateau rule, the search's choices, parameter counts, round-trips, the CLI."""
+import dataclasses
 import json
 import math
 import os
@@ -244,7 +245,7 @@ def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
     """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
     lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1)
+                     max_depth=2, min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 4)]
@@ -273,8 +274,15 @@ def test_anneal_trains_the_chosen_depth_on_at_a_tenth_of_the_peak_falling_to_zer
     steps = odn.steps_per_epoch(512, 64)
     assert lrs[-3:] == pytest.approx([0.04 * odn.cosine(e * steps, 3 * steps) for e in range(3)])
     assert result.val_accuracy == result.phases[-1].best_val >= result.phases[-2].best_val
-    s.min_steps = 20  # stretched like the long look on small data: 3 epochs a short look, so 4.5 → 5
-    assert odn.schedule_epochs(odn.Phase("anneal", 1, 0.1), s, steps) == 5
+    # it tops the long look up to --long-epochs + --anneal-epochs passes over the data, no more: where
+    # --min-steps stretched the long look (small data), it already had most or all of them
+    s.min_steps = 20  # 8 steps an epoch: a 3-epoch short look, a 6-epoch long one, 4 + 3 − 6 = 1 more
+    assert [odn.schedule_epochs(odn.Phase(name, 1, 0.1), s, steps) for name in ("finetune", "anneal")] == [6, 1]
+    s.min_steps = 1000  # a 250-epoch long look: no anneal phase at all
+    assert odn.schedule_epochs(odn.Phase("anneal", 1, 0.1), s, steps) == 0
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False),
+                        dataclasses.replace(s, min_steps=40, long_epochs=2, anneal_epochs=1))
+    assert [p.name for p in result.phases] == ["warmup", "search", "finetune"]
 
 
 def scripted_training(readings: dict):
@@ -294,13 +302,13 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     readings = {("search", 1): 0.80, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
                 ("finetune", 3): 0.992}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
-    s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
+    s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1, anneal_epochs=0)  # reach: error ≤ 10 %
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8)]
     assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.955
     # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
-    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1)
+    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
                                                               ("finetune", 3)]
@@ -329,13 +337,13 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     # target error 5 %, reach 2 → depths 1–3 are all near misses on their short looks (≤ 10 % error).
     # Depth 1's long look took the error from 10 % to 8 % (gain 0.8): depth 2 is predicted at
     # 9 % × 0.8 = 7.2 % > 1.3 × 5 %: no long look; depth 3 at 6.5 % × 0.8 = 5.2 % ≤ 6.5 %: long look.
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [
         ("search", 1), ("finetune", 1), ("search", 2), ("search", 3), ("finetune", 3)]
     assert result.depth == 3 and result.val_accuracy == 0.952
     # a generous slack gives depth 2 its long look too (and it misses: 93 %)
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert ("finetune", 2) in [(p.name, p.depth) for p in result.phases] and result.depth == 3
 
@@ -530,7 +538,7 @@ def test_end_to_end_on_digits_writes_every_output(tmp_path):
     (["--describe", "resnet7"], "unknown architecture 'resnet7'; known:"),
     (["--strategy", "fast", "--patience", "5"], "--patience does nothing with --strategy fast"),
     (["--strategy", "paper", "--long-epochs", "12"], "--long-epochs does nothing with --strategy paper"),
-    (["--strategy", "paper", "--anneal-epochs", "4"], "--anneal-epochs does nothing with --strategy paper"),
+    (["--strategy", "paper", "--anneal-epochs", "2"], "--anneal-epochs does nothing with --strategy paper"),
     (["--anneal-epochs", "-1"], "--anneal-epochs -1 is out of range: must be ≥ 0"),
     (["--describe", "resnet18", "--data", "mnist", "--data-dir", "/nonexistent-odn"], "mnist: no files under"),
 ])
@@ -1035,9 +1043,11 @@ def test_plugins_and_data_never_import_the_core():
 # crash safety: checkpoints, resume, signals, numerical faults
 
 
-# warm-up 2 epochs; depths 1 and 2 are rejected (far below 99.9 %), then depth 2 is fine-tuned: 12 epochs
+# warm-up 2 epochs; depths 1 and 2 are rejected (far below 99.9 %), then depth 2 is fine-tuned and
+# annealed up to 4 + 2 passes: 14 epochs
 RESUMABLE = ["--arch", "wrn10_1", "--strategy", "fast", "--target", "0.999", "--max-depth", "2",
              "--warmup-epochs", "2", "--short-epochs", "3", "--long-epochs", "4", "--min-steps", "1",
+             "--anneal-epochs", "2",
              "--no-amp", "--no-channels-last"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # bit-identical needs the same thread count
 
@@ -1078,7 +1088,7 @@ def uninterrupted(tmp_path_factory):
     done = run_cli(*RESUMABLE, "--out", str(out), env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     assert [(p["name"], p["depth"], p["epochs"]) for p in json.loads((out / "odn.json").read_text())["phases"]] == \
-        [("warmup", 2, 2), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 4)]
+        [("warmup", 2, 2), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 4), ("anneal", 2, 2)]
     assert not (out / "checkpoint.safetensors").exists()  # removed once the run has finished
     return out
 
@@ -1087,6 +1097,7 @@ def uninterrupted(tmp_path_factory):
     ("warmup d=2 epoch 1", "warmup"),  # inside the warm-up
     ("search d=1 epoch 1", "search"),  # inside a depth that is then rejected
     ("finetune d=2 epoch 1", "finetune"),  # inside the fine-tune
+    ("anneal d=2 epoch 1", "anneal"),  # inside the anneal
 ])
 def test_a_run_killed_anywhere_resumes_to_the_same_network(tmp_path, uninterrupted, kill_after, phase):
     out = tmp_path / "run"
@@ -1100,7 +1111,7 @@ def test_a_run_killed_anywhere_resumes_to_the_same_network(tmp_path, uninterrupt
     epochs = [r for r in history if r["event"] == "epoch"]
     assert marker["epochs_logged"] - marker["epochs_done"] <= 1  # at most one epoch was trained again
     assert epochs[marker["epochs_done"]]["phase"] == phase  # the kill landed where it was meant to
-    assert len(epochs) == json.loads((out / "odn.json").read_text())["search_cost"]["epochs"] == 12
+    assert len(epochs) == json.loads((out / "odn.json").read_text())["search_cost"]["epochs"] == 14
     reference = [json.loads(line) for line in (uninterrupted / "history.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in epochs] == [r["loss"] for r in reference]  # every epoch exactly as before
 

@@ -49,6 +49,12 @@ PROFILES = {
     "mnist_mbv2": dict(arch="mobilenetv2_100", data="mnist", target=0.90, train=2000, val=1000,
                        settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "digits95": dict(arch="resnet18", data="digits", target=0.95, train=0, val=0, settings=dict()),
+    # frozen 2026-11-26 before they ran, to check the anneal's top-up rule where it first acts: 5,000
+    # training images (39 steps an epoch) get the whole 4-epoch anneal, the 1,000–2,000 above none
+    "fashion18_5k": dict(arch="resnet18", data="fashion_mnist", target=0.85, train=5000, val=2000,
+                         settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
+    "mnist_5k": dict(arch="resnet18", data="mnist", target=0.98, train=5000, val=2000,
+                     settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),
@@ -89,14 +95,15 @@ def progress(record: dict, history=None) -> None:
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
                data_dir: str = "", history: str = "", results: str = RESULTS, seed: int = 0,
-               anneal_epochs: int = 0) -> None:
+               anneal_epochs: int = -1) -> None:
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
     strategy's own recipe: the plateau rule for paper/early/carry, the long one-cycle for fast)
     runs once per recipe. `--history DIR` keeps every epoch for `replay`. `--seed N` (N > 0) draws
     other initial weights and batch orders on the same data, recorded apart (`seeds` compares them).
-    `--anneal-epochs N` gives `fast` odn's `--anneal-epochs N`, recorded as `fast-annealN`.
+    `--anneal-epochs N` gives `fast` odn's `--anneal-epochs N` instead of its default, recorded as
+    `fast-annealN` (`--anneal-epochs 0`: `fast` with no anneal; -1, the default: odn's own).
     """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
@@ -108,10 +115,11 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
         base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset, seed)
-        anneal = anneal_epochs if recipe == "fast" else 0
+        default = odn.Settings.__dataclass_fields__["anneal_epochs"].default
+        anneal = default if anneal_epochs < 0 else anneal_epochs
         s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
                          baseline=baseline and not base_file.exists() and not seed, **p["settings"])
-        name = f"{name}-anneal{anneal}" if anneal else name
+        name = f"{name}-anneal{anneal}" if recipe == "fast" and anneal != default else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:

@@ -245,7 +245,7 @@ def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
     """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
     lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1, anneal_epochs=0)
+                     max_depth=2, min_steps=1)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 4)]
@@ -302,13 +302,13 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     readings = {("search", 1): 0.80, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
                 ("finetune", 3): 0.992}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
-    s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1, anneal_epochs=0)  # reach: error ≤ 10 %
+    s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8)]
     assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.955
     # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
-    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1, anneal_epochs=0)
+    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
                                                               ("finetune", 3)]
@@ -337,13 +337,13 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     # target error 5 %, reach 2 → depths 1–3 are all near misses on their short looks (≤ 10 % error).
     # Depth 1's long look took the error from 10 % to 8 % (gain 0.8): depth 2 is predicted at
     # 9 % × 0.8 = 7.2 % > 1.3 × 5 %: no long look; depth 3 at 6.5 % × 0.8 = 5.2 % ≤ 6.5 %: long look.
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [
         ("search", 1), ("finetune", 1), ("search", 2), ("search", 3), ("finetune", 3)]
     assert result.depth == 3 and result.val_accuracy == 0.952
     # a generous slack gives depth 2 its long look too (and it misses: 93 %)
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5, anneal_epochs=0)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert ("finetune", 2) in [(p.name, p.depth) for p in result.phases] and result.depth == 3
 

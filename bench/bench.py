@@ -83,6 +83,14 @@ def fresh_net(name: str, dataset, seed: int = 0) -> odn.DepthNet:
     return odn.DepthNet(partition, dataset.num_classes)
 
 
+def speed_of_row(folder: Path, profile: str, row: str) -> dict:
+    """The amp / channels-last choice recorded in the row `row` of `profile` ({} when `row` is empty)."""
+    if not row:
+        return {}
+    speed = json.loads((folder / f"{profile}-{row}.json").read_text())["speed"]
+    return {"amp": speed["amp"], "channels_last": speed["channels_last"]}
+
+
 def progress(record: dict, history=None) -> None:
     if history is not None and record["event"] in ("epoch", "phase"):  # per-epoch curves, for studying rules
         history.write(json.dumps({k: v for k, v in record.items() if k != "weights"}) + "\n")
@@ -95,7 +103,7 @@ def progress(record: dict, history=None) -> None:
 @app.command()
 def strategies(profile: str = "digits", names: str = "paper,early,carry", baseline: bool = True,
                data_dir: str = "", history: str = "", results: str = RESULTS, seed: int = 0,
-               anneal_epochs: int = -1) -> None:
+               anneal_epochs: int = -1, speed_of: str = "") -> None:
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
@@ -104,6 +112,8 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     other initial weights and batch orders on the same data, recorded apart (`seeds` compares them).
     `--anneal-epochs N` gives `fast` odn's `--anneal-epochs N` instead of its default, recorded as
     `fast-annealN` (`--anneal-epochs 0`: `fast` with no anneal; -1, the default: odn's own).
+    `--speed-of ROW` runs with the speed settings a recorded row chose (e.g. `fast`), not a new timing:
+    two rows then differ only in what is being compared (a near tie can flip bf16 or channels-last).
     """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
@@ -118,7 +128,8 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         default = odn.Settings.__dataclass_fields__["anneal_epochs"].default
         anneal = default if anneal_epochs < 0 else anneal_epochs
         s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
-                         baseline=baseline and not base_file.exists() and not seed, **p["settings"])
+                         baseline=baseline and not base_file.exists() and not seed,
+                         **{**p["settings"], **speed_of_row(folder, profile, speed_of)})
         name = f"{name}-anneal{anneal}" if recipe == "fast" and anneal != default else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))

@@ -50,7 +50,7 @@ PROFILES = {
                        settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "digits95": dict(arch="resnet18", data="digits", target=0.95, train=0, val=0, settings=dict()),
     # frozen 2026-11-26 before they ran, to check the anneal's top-up rule where it first acts: 5,000
-    # training images (39 steps an epoch) get the whole 4-epoch anneal, the 1,000–2,000 above none
+    # training images (40 steps an epoch) get the whole 4-epoch anneal, the 1,000–2,000 above none
     "fashion18_5k": dict(arch="resnet18", data="fashion_mnist", target=0.85, train=5000, val=2000,
                          settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "mnist_5k": dict(arch="resnet18", data="mnist", target=0.98, train=5000, val=2000,
@@ -87,7 +87,10 @@ def speed_of_row(folder: Path, profile: str, row: str) -> dict:
     """The amp / channels-last choice recorded in the row `row` of `profile` ({} when `row` is empty)."""
     if not row:
         return {}
-    speed = json.loads((folder / f"{profile}-{row}.json").read_text())["speed"]
+    recorded = folder / f"{profile}-{row}.json"
+    if not recorded.is_file():
+        raise typer.BadParameter(f"no recorded row {recorded}; run that row first", param_hint="--speed-of")
+    speed = json.loads(recorded.read_text())["speed"]
     return {"amp": speed["amp"], "channels_last": speed["channels_last"]}
 
 

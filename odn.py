@@ -891,12 +891,12 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             optimizer = sgd(net.parameters_at(d), optimizer.param_groups[0]["lr"], s)
         if d not in tuned:
             tuned[d] = fine_tune(d, best, optimizer, generator, continuing)
-    if schedule and schedule_epochs(Phase("anneal", d, 0), s, per_epoch):
-        # fast, when asked: a long look that ended while validation still rose (full-scale data,
-        # `schedule_epochs`) goes on from its best weights at a tenth of the peak LR, falling to zero;
-        # the new weights are kept only if validation improves
+    # fast, when asked: a long look that ended while validation still rose (full-scale data,
+    # `schedule_epochs`) goes on from its best weights at a tenth of the peak LR, falling to zero;
+    # the new weights are kept only if validation improves
+    phase = Phase("anneal", d, s.peak_lr / 10, best_val=tuned[d].best_val)
+    if schedule and schedule_epochs(phase, s, per_epoch):
         net.load_state_at(d, weights[d])
-        phase = Phase("anneal", d, s.peak_lr / 10, best_val=tuned[d].best_val)
         weights[d] = train(phase, sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase), stop=stop,
                            schedule=cosine)
         tuned[d] = phase

@@ -124,12 +124,12 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     folder.mkdir(parents=True, exist_ok=True)
     if history:
         Path(history).mkdir(parents=True, exist_ok=True)
+    default = odn.Settings.__dataclass_fields__["anneal_epochs"].default
+    anneal = default if anneal_epochs < 0 else anneal_epochs
     for name in names.split(","):
         recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
         base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset, seed)
-        default = odn.Settings.__dataclass_fields__["anneal_epochs"].default
-        anneal = default if anneal_epochs < 0 else anneal_epochs
         s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
                          baseline=baseline and not base_file.exists() and not seed,
                          **{**p["settings"], **speed_of_row(folder, profile, speed_of)})

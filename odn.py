@@ -370,7 +370,7 @@ class Settings:
     tolerance: float = 0.0
     max_epochs: int = 0  # 0 = no cap; otherwise the most epochs of one search or fine-tune phase
     reject_margin: float = 0.005  # early/carry: reject a depth whose projected best stays this far below target
-    # fast: every depth gets a short one-cycle look; a depth within reach of the target gets a long one
+    # fast: every depth gets a short one-cycle look; a near miss gets a long one; a hit, a second cycle
     short_epochs: int = 3
     long_epochs: int = 8
     min_steps: int = 100  # a short look lasts at least this many steps; the long one keeps its ratio
@@ -584,7 +584,7 @@ def train_phase(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.
     scheduler = None
     if schedule:
         per_epoch = steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
-        phase.budget = schedule_epochs(phase, s, per_epoch)
+        phase.budget = phase.budget or schedule_epochs(phase, s, per_epoch)
         steps = phase.budget * per_epoch
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, steps))
     position = None
@@ -622,7 +622,7 @@ def steps_per_epoch(images: int, batch_size: int, world: int = 1) -> int:
 
 # a strategy is two plain functions and at most one more: `start` prepares the network for a depth
 # and returns the LR to begin with; `stop` says after each epoch whether the phase is over; an
-# optional per-step LR `schedule` (then every depth within reach also gets the long look)
+# optional per-step LR `schedule` (then a depth within reach also gets the long look)
 
 
 def restart_from_warmup(net: DepthNet, depth: int, first: bool, warm: dict[str, Tensor], s: Settings) -> float:
@@ -690,13 +690,14 @@ def decided(phase: Phase, s: Settings) -> bool:
 
 
 def schedule_epochs(phase: Phase, s: Settings, steps_per_epoch: int) -> int:
-    """`fast`: a search phase is a short look; the fine-tune (and the full-depth baseline) a long one.
+    """`fast`: a search phase is a short look; a near miss's fine-tune (and the full-depth baseline) a long one
+    (a hit's fine-tune makes up the difference: long − short).
 
     On small data an epoch is a few steps, too few to converge in (8×8 digits, 10 steps an epoch:
     depth 1 read 91 % after 3 epochs, 99 % after 8), so a short look lasts at least `min_steps`
     and the long look stretches by the same factor.
 
-    The anneal tops the long look up to `long_epochs + anneal_epochs` passes over the data, no more:
+    The anneal tops the fine-tune up to `long_epochs + anneal_epochs` passes over the data, no more:
     at full scale 8 one-cycle epochs end while validation still rises (Fashion-MNIST, depth 3: +0.43 pt
     in the last one), but on small data the stretch has already given the long look 19–35 passes, and
     more passes only fit the training images (a 1,000-image set annealed 18 more: test −0.70 pt).
@@ -804,7 +805,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         emit({"event": "speed", **speed})
     per_epoch = steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
     if schedule:  # the most epochs each depth can still take, so a caller can show the worst case ahead
-        emit({"event": "plan", "macs": macs, "start": s.start_depth, "last": last, "warmup_epochs": s.warmup_epochs,
+        emit({"event": "plan", "macs": macs, "start": s.start_depth, "last": last, "goal": goal,
+              "warmup_epochs": s.warmup_epochs,
               "short": schedule_epochs(Phase("search", 1, 0), s, per_epoch),
               "long": schedule_epochs(Phase("finetune", 1, 0), s, per_epoch),
               "anneal": schedule_epochs(Phase("anneal", 1, 0), s, per_epoch)})
@@ -849,7 +851,19 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     def fine_tune(d: int, searched: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                   continuing: bool) -> Phase:
         """§III-D: train depth d on until it converges; returns the fine-tune phase."""
-        if schedule:  # fast: the long schedule, from the warm-up weights like the short look
+        if schedule and searched.best_val >= goal:
+            # fast, a short look that already met the target: nothing is left to decide, so its weights
+            # go on through one more one-cycle (a warm restart) until the depth has made a long look's
+            # passes, instead of a long look started over; kept only if validation improves. Measured on
+            # all of MNIST: 99.27 % validation, 18 % less compute than the long look's 99.38 %; trained on
+            # at a tenth of the peak LR instead, 99.22 %
+            short, long = (schedule_epochs(Phase(name, d, 0), s, per_epoch) for name in ("search", "finetune"))
+            if long == short:
+                return searched  # it has had a long look's passes already
+            phase = Phase("finetune", d, s.peak_lr, best_val=searched.best_val, budget=long - short)
+            net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
+            optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
+        elif schedule:  # fast, a near miss: the long schedule, from the warm-up weights like the short look
             lr = start(net, d, False, warm, s)
             phase = Phase("finetune", d, lr)
             optimizer, generator = sgd(net.parameters_at(d), lr, s), shuffler(s, phase)
@@ -872,12 +886,13 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         generator = shuffler(s, phase)
         weights[d] = train(phase, optimizer, generator, stop=stop, schedule=schedule)
         reached = phase.best_val >= goal
-        # fast judges a near miss only after the long schedule, which is then also its fine-tune
+        # fast judges a near miss only after the long schedule, which is then also its fine-tune; a hit
+        # is fine-tuned from where its short look ended
         if reached or (schedule and within_reach(phase, s, gain)):
             tuned[d] = fine_tune(d, phase, optimizer, generator, continuing=not phase.converged)
-            reached = max(phase.best_val, tuned[d].best_val) >= goal
-            if schedule and phase.best_val < 1:  # what the long schedule does to the error, measured
+            if not reached:  # a near miss's long look: what the long schedule did to the error, measured
                 gain = min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
+                reached = tuned[d].best_val >= goal
         if reached:
             break  # §III-D: the first depth that meets the target, already fine-tuned
         # below the target: depth d is rejected, and the next pass adds block d + 1
@@ -1342,14 +1357,15 @@ HELP = {
                      "the target",
     "baseline": "also train the full depth alone with the same rule (Table I's full row, cost ratio)",
     "short_epochs": "fast: epochs of the one-cycle schedule every depth gets (the short look)",
-    "long_epochs": "fast: epochs of the one-cycle schedule of a depth within reach (the fine-tune)",
+    "long_epochs": "fast: epochs of the one-cycle schedule of a near miss (its fine-tune); a depth whose short "
+                   "look meets the target trains on from it, one more cycle, until it has made as many passes",
     "min_steps": "fast: a short look lasts at least this many steps (more epochs on small data sets); the long "
                  "one stretches by the same factor",
     "peak_lr": "fast: peak learning rate of the one-cycle schedule (SGD with Nesterov momentum)",
     "reach_slack": "fast: after a long look, a depth is within reach when its short-look error times the "
                    "measured long-look gain is at most this many times the target's error",
     "anneal_epochs": "fast: the chosen depth then trains on from its best weights at --peak-lr / 10 falling "
-                     "to 0, until its long look and this have made --long-epochs + this many passes over the "
+                     "to 0, until it has made --long-epochs + this many passes over the "
                      "data (none on small data, where --min-steps already stretched the long look); kept only "
                      "if validation improves (0 = none)",
     "reach": "fast: a depth whose short-look validation error is at most this many times the target's "
@@ -1784,6 +1800,8 @@ def search_left(plan: dict, epoch: dict) -> float:
         left = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1] + tries + anneal
     elif epoch["phase"] == "anneal":
         left = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
+    elif epoch["phase"] == "finetune" and epoch["best_val"] >= plan.get("goal", math.inf):  # depth d is chosen
+        left = (epoch["budget"] - epoch["epoch"] + plan.get("anneal", 0)) * macs[d - 1]
     else:
         left = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] + (epoch["phase"] == "search") * plan["long"] * macs[d - 1]
         left += (plan["short"] + plan["long"]) * sum(macs[d:plan["last"]]) + anneal

@@ -84,13 +84,16 @@ def fresh_net(name: str, dataset, seed: int = 0) -> odn.DepthNet:
 
 
 def speed_of_row(folder: Path, profile: str, row: str) -> dict:
-    """The amp / channels-last choice recorded in the row `row` of `profile` ({} when `row` is empty)."""
+    """The amp / channels-last choice recorded in the row `row` of `profile` ({} when `row` is empty or
+    timed nothing)."""
     if not row:
         return {}
     recorded = folder / f"{profile}-{row}.json"
     if not recorded.is_file():
         raise typer.BadParameter(f"no recorded row {recorded}; run that row first", param_hint="--speed-of")
-    speed = json.loads(recorded.read_text())["speed"]
+    speed = json.loads(recorded.read_text()).get("speed")
+    if speed is None:  # that row timed nothing: its profile fixes the settings, and so they are the same here
+        return {}
     return {"amp": speed["amp"], "channels_last": speed["channels_last"]}
 
 

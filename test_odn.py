@@ -401,6 +401,24 @@ def test_auto_speed_keeps_the_faster_of_the_timed_settings():
                                                              "amp=True channels_last=True": 4.0}
 
 
+def test_auto_speed_keeps_each_settings_best_of_three_and_drops_a_clearly_slower_one():
+    """One timing can mislead on a near tie: each setting keeps its best of three, timed in turn; a setting
+    1.5× slower than the best after a round is not timed again (bf16 on an AVX2-only CPU costs seconds a step)."""
+    net = odn.DepthNet(TinyNet(depth=2), 2)
+    data = odn.Data(train=(torch.zeros(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)), val=(None, None))
+    readings = {(False, False): [2.0, 2.0, 2.0], (False, True): [2.1, 1.6, 1.7], (True, False): [20.0],
+                (True, True): [25.0]}  # channels-last loses its first round by a hair, then wins
+    calls = []
+
+    def fake(amp, channels_last):
+        calls.append((amp, channels_last))
+        return readings[amp, channels_last][calls.count((amp, channels_last)) - 1]
+
+    amp, channels_last, seen = odn.choose_speed(net, data, odn.Settings(amp=None, channels_last=None), 1, fake)
+    assert (amp, channels_last) == (False, True) and seen["amp=False channels_last=True"] == 1.6
+    assert calls.count((False, True)) == 3 and calls.count((True, False)) == calls.count((True, True)) == 1
+
+
 def test_auto_speed_is_chosen_by_real_timing_and_recorded():
     torch.manual_seed(0)
     net = odn.DepthNet(archs.build("resnet18", num_classes=10, in_chans=1, image_size=8), 10)

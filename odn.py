@@ -23,7 +23,7 @@ and your own tensors in a `Data`; `extract` cuts out the network, `save` writes 
 it back (with your own `build`). Under `torchrun` the same search runs with DDP, one rank per process.
 
 Measured (2 CPU cores, AMD EPYC, 2026-11-26): the default `fast` strategy on all of MNIST, target 99 % → depth 2/8
-(the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.37 % (the paper: 99.31 %), in 15
+(the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.37 % (the paper: 99.31 %), in 15–18
 minutes, 0.062 × the training FLOPs of the paper's protocol (measured on a GPU: 259 epochs, test 99.21 %);
 on all of Fashion-MNIST, ResNet-34, target 93.5 % → depth 3/16 (the paper: 6/16), 223,306 parameters,
 validation 93.97 %, test 93.11 % (the paper: 93.54 %), in 46 minutes — test 93.39 % with `--anneal-epochs 4`,

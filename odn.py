@@ -377,7 +377,7 @@ class Settings:
     peak_lr: float = 0.2
     reach: float = 2.0  # within reach: short-look validation error ≤ reach × the target's error (1 − target)
     reach_slack: float = 1.3  # after a long look: short-look error × the measured gain ≤ this × the target's
-    anneal_epochs: int = 0  # the chosen depth then trains on at a falling LR, up to long + this many passes
+    anneal_epochs: int = 4  # the chosen depth then trains on at a falling LR, up to long + this many passes
     baseline: bool = False  # also train the full depth from the same initial weights (Table I's full row)
     seed: int = 0
     amp: bool | None = False  # bf16 autocast (fp16 + loss scaling where bf16 is missing); None: time both
@@ -906,9 +906,9 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             optimizer = sgd(net.parameters_at(d), optimizer.param_groups[0]["lr"], s)
         if d not in tuned:
             tuned[d] = fine_tune(d, best, optimizer, generator, continuing)
-    # fast, when asked: a long look that ended while validation still rose (full-scale data,
-    # `schedule_epochs`) goes on from its best weights at a tenth of the peak LR, falling to zero;
-    # the new weights are kept only if validation improves
+    # fast: a long look that ended while validation still rose (full-scale data, `schedule_epochs`)
+    # goes on from its best weights at a tenth of the peak LR, falling to zero; the new weights are
+    # kept only if validation improves
     phase = Phase("anneal", d, s.peak_lr / 10, best_val=tuned[d].best_val)
     if schedule and schedule_epochs(phase, s, per_epoch):
         net.load_state_at(d, weights[d])
@@ -1408,7 +1408,7 @@ def cli(
     image_size: int = 0, augment: bool | None = None,
     val_subset: int = 0, reject_margin: float = 0.005, short_epochs: int = 3, long_epochs: int = 8,
     min_steps: int = 100,
-    peak_lr: float = 0.2, reach: float = 2.0, reach_slack: float = 1.3, anneal_epochs: int = 0,
+    peak_lr: float = 0.2, reach: float = 2.0, reach_slack: float = 1.3, anneal_epochs: int = 4,
     baseline: bool = False,
     amp: bool | None = None,
     channels_last: bool | None = None, compile: bool = False, resume: bool = False, force: bool = False,

@@ -329,15 +329,16 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     """A depth is judged at the end of its short schedule: far below target → next depth; within
     reach (error ≤ reach × the target's) → the long schedule, which then is also its fine-tune."""
     readings = {("search", 1): 0.80, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
-                ("finetune", 3): 0.992}
+                ("finetune", 3): 0.992, ("anneal", 2): 0.96, ("anneal", 3): 0.99}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
     s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    # the chosen depth's long look, then (by default) the anneal's 4 more passes, kept: 96 % > 95.5 %
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
-        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8)]
-    assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.955
+        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
+    assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.96
     # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
-    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1)
+    s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
                                                               ("finetune", 3)]
@@ -361,7 +362,7 @@ def test_an_anneal_that_does_not_beat_the_fine_tune_changes_nothing(monkeypatch)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert result.val_accuracy == 0.96 and result.phases[2].since_best == 5
     # when a look is already as long as the long one, a hit has nothing to top up: no fine-tune phase
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, short_epochs=8)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, short_epochs=8, anneal_epochs=0)
     assert [p.name for p in odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s).phases] == \
         ["warmup", "search"]
 
@@ -375,13 +376,13 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     # target error 5 %, reach 2 → depths 1–3 are all near misses on their short looks (≤ 10 % error).
     # Depth 1's long look took the error from 10 % to 8 % (gain 0.8): depth 2 is predicted at
     # 9 % × 0.8 = 7.2 % > 1.3 × 5 %: no long look; depth 3 at 6.5 % × 0.8 = 5.2 % ≤ 6.5 %: long look.
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [
         ("search", 1), ("finetune", 1), ("search", 2), ("search", 3), ("finetune", 3)]
     assert result.depth == 3 and result.val_accuracy == 0.952
     # a generous slack gives depth 2 its long look too (and it misses: 93 %)
-    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert ("finetune", 2) in [(p.name, p.depth) for p in result.phases] and result.depth == 3
 

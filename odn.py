@@ -23,12 +23,11 @@ and your own tensors in a `Data`; `extract` cuts out the network, `save` writes 
 it back (with your own `build`). Under `torchrun` the same search runs with DDP, one rank per process.
 
 Measured (2 CPU cores, AMD EPYC, 2026-11-26): the default `fast` strategy on all of MNIST, target 99 % → depth 2/8
-(the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.37 % (the paper: 99.31 %), in 15–18
-minutes, 0.062 × the training FLOPs of the paper's protocol (measured on a GPU: 259 epochs, test 99.21 %);
+(the paper's), 149,322 parameters (98.7 % fewer than full depth), test 99.42 % (the paper: 99.31 %), in 20
+minutes, 0.080 × the training FLOPs of the paper's protocol (measured on a GPU: 259 epochs, test 99.21 %);
 on all of Fashion-MNIST, ResNet-34, target 93.5 % → depth 3/16 (the paper: 6/16), 223,306 parameters,
-validation 93.97 %, test 93.11 % (the paper: 93.54 %), in 46 minutes — test 93.39 % with `--anneal-epochs 4`,
-in 50; `python odn.py` (digits) → depth 1/8, test 98.89 %, 0.61 TFLOP in 4 s (the paper's protocol: depth
-2/8, 98.61 %, 3.99 TFLOP in 18 s).
+validation 94.18 %, test 93.39 % (the paper: 93.54 %), in 52 minutes; `python odn.py` (digits) → depth 1/8,
+test 98.89 %, 0.61 TFLOP in 4 s (the paper's protocol: depth 2/8, 98.61 %, 3.99 TFLOP in 18 s).
 """
 from __future__ import annotations
 

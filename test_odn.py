@@ -275,7 +275,7 @@ def test_a_short_look_that_meets_the_target_trains_on_from_its_own_weights(monke
 
     monkeypatch.setattr(odn, "train_phase", spy)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=5, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1)
+                     max_depth=2, min_steps=1, anneal_epochs=0)  # the anneal after it: its own tests
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 3)]

@@ -313,7 +313,10 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
               f"{phase.seconds:.0f} s", file=sys.stderr, flush=True)
         if phase.best_val >= p["target"] and not every:
             break
-    oracle = next((r for r in rows if r["val"] >= p["target"]), None)
+    # the oracle is the first depth to meet the target only when every shallower depth was trained too
+    trained = [r["depth"] for r in rows]
+    oracle = next((r for r in rows if r["val"] >= p["target"]), None) \
+        if trained == list(range(1, len(rows) + 1)) else None
     record = {"profile": profile, "target": p["target"], "epochs": epochs, "rows": rows,
               "oracle_depth": oracle and oracle["depth"], "oracle_flops": oracle and oracle["flops"],
               "full_flops": rows[-1]["flops"] if rows[-1]["depth"] == net.max_depth else None,

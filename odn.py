@@ -841,6 +841,16 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         optimizer = sgd(net.parameters_at(net.max_depth), baseline.lr, s)
         weights["baseline"] = train(baseline, optimizer, shuffler(s, baseline),
                                     stop=stop if schedule else None, schedule=schedule)
+        # fast: the answer's recipe ends in the anneal, so the full row gets it too; else the full row is
+        # trained for fewer passes than the depth it is compared with
+        topup = Phase("baseline", net.max_depth, s.peak_lr / 10, best_val=baseline.best_val,
+                      budget=schedule_epochs(Phase("anneal", 1, 0), s, per_epoch) if schedule else 0)
+        if topup.budget:
+            weights["baseline"] = train(topup, sgd(net.parameters_at(net.max_depth), topup.lr, s),
+                                        shuffler(s, Phase("anneal", net.max_depth, 0)), stop=stop, schedule=cosine)
+            baseline = dataclasses.replace(
+                baseline, best_val=topup.best_val, val_curve=baseline.val_curve + topup.val_curve,
+                **{k: getattr(baseline, k) + getattr(topup, k) for k in ("epochs", "images", "flops", "seconds", "budget")})
         net.load_state_dict(initial)
 
     # §III-B: warm up all depths, keep the weights for every expansion
@@ -1363,7 +1373,7 @@ HELP = {
     "val_subset": "validate on the first this many validation images (0 = all), for quick runs",
     "reject_margin": "early/carry: reject a depth once a generous projection of its curve stays this far below "
                      "the target",
-    "baseline": "also train the full depth alone with the same rule (Table I's full row, cost ratio)",
+    "baseline": "also train the full depth alone with the same recipe, fast's anneal included (Table I's full row, cost ratio)",
     "short_epochs": "fast: epochs of the one-cycle schedule every depth gets (the short look)",
     "long_epochs": "fast: epochs of the one-cycle schedule of a near miss (its fine-tune); a depth whose short "
                    "look meets the target trains on from it, one more cycle, until it has made as many passes",
@@ -1797,23 +1807,29 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def search_left(plan: dict, epoch: dict) -> float:
-    """Seconds the search can still take at most (`fast`: every depth up to the last fails), from a `plan`
-    event and the latest `epoch` event: its measured epoch time, scaled by multiply-adds to the other depths."""
-    macs, d = plan["macs"], epoch["depth"]
+def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
+    """Seconds the search can still take (`fast`): at least (the depth in training now, or the first one
+    after the warm-up, is the answer) and at most (every depth up to the last fails), from a `plan` event
+    and the latest `epoch` event: its measured epoch time, scaled by multiply-adds to the other depths."""
+    macs, d, short, long = plan["macs"], epoch["depth"], plan["short"], plan["long"]
     per_mac = epoch["seconds"] / macs[d - 1]  # a warm-up epoch is one pass at its depth, feeding every head
-    tries = (plan["short"] + plan["long"]) * sum(macs[plan["start"] - 1:plan["last"]])
-    anneal = plan.get("anneal", 0) * macs[plan["last"] - 1]  # at the deepest depth, at most
-    if epoch["phase"] == "warmup":
-        left = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1] + tries + anneal
+    this_phase = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
+    tries = (short + long) * sum(macs[plan["start"] - 1:plan["last"]])
+    anneal = plan.get("anneal", 0)
+    if epoch["phase"] == "warmup":  # least: the first depth's short look meets the target, then its top-ups
+        least = most = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1]
+        least += (long + anneal) * macs[plan["start"] - 1]
+        most += tries + anneal * macs[plan["last"] - 1]  # the anneal at the deepest depth, at most
     elif epoch["phase"] == "anneal":
-        left = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
-    elif epoch["phase"] == "finetune" and epoch["best_val"] >= plan.get("goal", math.inf):  # depth d is chosen
-        left = (epoch["budget"] - epoch["epoch"] + plan.get("anneal", 0)) * macs[d - 1]
-    else:
-        left = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] + (epoch["phase"] == "search") * plan["long"] * macs[d - 1]
-        left += (plan["short"] + plan["long"]) * sum(macs[d:plan["last"]]) + anneal
-    return left * per_mac
+        least = most = this_phase
+    elif epoch["phase"] == "finetune":
+        least = this_phase + anneal * macs[d - 1]
+        most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
+            least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
+    else:  # a short look: a hit goes on for the rest of a long look's passes; a near miss has a whole long look
+        least = this_phase + (long - short + anneal) * macs[d - 1]
+        most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
+    return least * per_mac, most * per_mac
 
 
 def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, facts: dict, console,
@@ -1886,7 +1902,8 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             since = f" best {record['best_val']:.4f} · {record['since_best']}/{s.patience} w/o gain" \
                 if "best_val" in record and not record.get("budget") else ""
             if clock.get("plan") and record["phase"] in ("warmup", "search", "finetune", "anneal") and record.get("seconds"):
-                phase_eta += f" · search ≤ {duration(search_left(clock['plan'], record))} left"
+                least, most = (duration(left) for left in search_left(clock["plan"], record))
+                phase_eta += f" · search {least} left" if least == most else f" · search ≥ {least}, ≤ {most} left"
             name = f"{record['phase']} d={record['depth']}"
             status = f"lr {record['lr']:.2g} loss {record['loss']:.3f} val {record['val_acc']:.4f}{since}{phase_eta}"
             if live:

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -467,6 +468,22 @@ def test_baseline_trains_the_full_depth_apart_from_the_search_cost():
     alone = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.depth, p.epochs, p.best_val) for p in alone.phases] == \
         [(p.depth, p.epochs, p.best_val) for p in with_baseline.phases]
+
+
+@pytest.mark.parametrize("anneal_epochs, epochs", [(3, 4 + 3), (0, 4)])
+def test_fasts_baseline_is_trained_with_the_answers_whole_recipe_anneal_included(anneal_epochs, epochs):
+    """`fast`'s answer has a long look and then the anneal; the full row it is compared with gets both,
+    and reports them as one phase: its cost, epochs and best validation accuracy over all of them."""
+    s = odn.Settings(target=0.95, strategy="fast", baseline=True, short_epochs=2, long_epochs=4, batch_size=64,
+                     max_depth=2, min_steps=1, anneal_epochs=anneal_epochs)
+    torch.manual_seed(0)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
+    full = result.baseline
+    assert (full.name, full.depth, full.epochs, full.budget, len(full.val_curve)) == ("baseline", 3, epochs, epochs, epochs)
+    assert full.images == epochs * 512 and full.flops == 3 * result.macs[2] * full.images
+    assert full.best_val == max(full.val_curve)
+    if anneal_epochs:  # the answer got the same top-up
+        assert result.phases[-1].name == "anneal" and result.phases[-1].epochs == anneal_epochs
 
 
 @pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True)])
@@ -1035,20 +1052,23 @@ def test_the_readme_plugin_example_is_a_working_plugin(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_the_search_estimate_is_the_worst_case_scaled_by_multiply_adds():
+def test_the_search_estimate_spans_this_depth_meeting_the_target_to_every_depth_failing():
     plan = {"macs": [1, 2, 4], "start": 1, "last": 3, "warmup_epochs": 1, "short": 3, "long": 8}
     # depth 2, one of 3 short-look epochs done at 10 s: 10 s per 2 multiply-adds → 5 s per unit
     search = {"phase": "search", "depth": 2, "epoch": 1, "budget": 3, "seconds": 10.0}
-    assert odn.search_left(plan, search) == 5 * (2 * 2 + 8 * 2 + (3 + 8) * 4)
+    # least: a hit, then the rest of a long look's passes; most: a near miss's long look, then depth 3's two
+    assert odn.search_left(plan, search) == (5 * (2 * 2 + 5 * 2), 5 * (2 * 2 + 8 * 2 + (3 + 8) * 4))
     finetune = {**search, "phase": "finetune", "budget": 8, "best_val": 0.5}  # its long look: none to add
-    assert odn.search_left(plan, finetune) == 5 * (7 * 2 + (3 + 8) * 4)
+    assert odn.search_left(plan, finetune) == (5 * 7 * 2, 5 * (7 * 2 + (3 + 8) * 4))
     plan["goal"] = 0.9  # once the fine-tune's depth meets the target, no deeper depth will be tried
-    assert odn.search_left(plan, {**finetune, "best_val": 0.95}) == 5 * 7 * 2
+    assert odn.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * 7 * 2, 5 * 7 * 2)
     warm = {"phase": "warmup", "depth": 3, "epoch": 1, "budget": 1, "seconds": 40.0}  # every depth still ahead
-    assert odn.search_left(plan, warm) == 10 * (3 + 8) * (1 + 2 + 4)
-    plan["anneal"] = 2  # --anneal-epochs: at most 2 more epochs, at the deepest depth
-    assert odn.search_left(plan, warm) == 10 * ((3 + 8) * (1 + 2 + 4) + 2 * 4)
-    assert odn.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == 5 * 1 * 2
+    assert odn.search_left(plan, warm) == (10 * 8 * 1, 10 * (3 + 8) * (1 + 2 + 4))
+    plan["anneal"] = 2  # --anneal-epochs: 2 more epochs at the chosen depth — at most the deepest
+    assert odn.search_left(plan, warm) == (10 * (8 + 2) * 1, 10 * ((3 + 8) * (1 + 2 + 4) + 2 * 4))
+    assert odn.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * (7 + 2) * 2, 5 * (7 + 2) * 2)
+    assert odn.search_left(plan, {**finetune, "best_val": 0.5}) == (5 * (7 + 2) * 2, 5 * (7 * 2 + (3 + 8) * 4 + 2 * 4))
+    assert odn.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == (5 * 1 * 2, 5 * 1 * 2)
 
 
 def test_list_archs_builds_nothing_and_describe_builds_one(monkeypatch, capsys):
@@ -1513,10 +1533,10 @@ def test_every_run_draws_its_search_and_depths_and_plot_redraws_them(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "odn.json").read_text())
     assert len(record["by_depth"]["params"]) == len(record["by_depth"]["macs"]) == record["max_depth"]
-    # not a terminal: one plain line per epoch, with the phase's ETA and the most the search can still take
+    # not a terminal: one plain line per epoch, with the phase's ETA and the least and most the search can still take
     epochs = [line for line in done.stdout.splitlines() if " epoch " in line and "s/epoch" in line]
     assert len(epochs) == sum(p["epochs"] for p in record["phases"])
-    assert all("phase eta" in line and "search ≤" in line for line in epochs), epochs[:2]
+    assert all("phase eta" in line and re.search(r"search (≥ .+, ≤ .+|[^≥≤]+) left", line) for line in epochs), epochs[:2]
     last = done.stdout.strip().splitlines()[-1]  # the report ends with everything written
     assert last.startswith(f"wrote in {out}: ") and "depths.png" in last and "odn.safetensors" in last
     from PIL import Image

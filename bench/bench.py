@@ -7,6 +7,7 @@
     python bench/bench.py grid --profile mnist                   # each depth trained alone: the oracle depth
     python bench/bench.py table mnist                            # every recorded row, ÷ paper / oracle / full
     python bench/bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
+    python bench/bench.py eta RUN_DIR                            # the progress line's estimate against the truth
 
 Each strategy runs on the same data, seed, initial weights and caps; the full-depth baseline
 (same convergence rule, same initial weights) runs once. Prints a markdown table for BENCHMARKS.md.
@@ -113,7 +114,7 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     """Run each strategy on one profile, record it in RESULTS/, and print every recorded row as markdown.
 
     The full-depth baseline (the full network alone, from the same initial weights, with the
-    strategy's own recipe: the plateau rule for paper/early/carry, the long one-cycle for fast)
+    strategy's own recipe: the plateau rule for paper/early/carry; for fast the long one-cycle, then the anneal)
     runs once per recipe. `--history DIR` keeps every epoch for `replay`. `--seed N` (N > 0) draws
     other initial weights and batch orders on the same data, recorded apart (`seeds` compares them).
     `--anneal-epochs N` gives `fast` odn's `--anneal-epochs N` instead of its default, recorded as
@@ -131,12 +132,13 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
     anneal = default if anneal_epochs < 0 else anneal_epochs
     for name in names.split(","):
         recipe = "fast" if odn.STRATEGIES[name][2] else "paper"
+        recipe += f"-anneal{anneal}" if recipe == "fast" and anneal != default else ""
         base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset, seed)
         s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
                          baseline=baseline and not base_file.exists() and not seed,
                          **{**p["settings"], **speed_of_row(folder, profile, speed_of)})
-        name = f"{name}-anneal{anneal}" if recipe == "fast" and anneal != default else name
+        name = f"{name}-anneal{anneal}" if recipe.startswith("fast-") else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:
@@ -195,11 +197,13 @@ def table(profile: str, results: str = RESULTS) -> None:
     ratio = lambda a, b: "—" if not b else f"{a / b:.2f}"
     annealed = sorted(f.stem.removeprefix(f"{profile}-") for f in folder.glob(f"{profile}-fast-anneal*.json")
                       if "-seed" not in f.stem)
-    for name in ("baseline-paper", "paper", "early", "carry", "baseline-fast", "fast", *annealed):
+    for name in ("baseline-paper", "paper", "early", "carry", "baseline-fast", "fast",
+                 *[row for a in annealed for row in (f"baseline-{a}", a)]):
         r = read(name)
         if r is None:
             continue
-        recipe = read("baseline-fast" if name.endswith("fast") or name.startswith("fast-") else "baseline-paper")
+        kind = name.removeprefix("baseline-")  # a fast-annealN row is compared with the full depth annealed alike
+        recipe = (read(f"baseline-{kind}") or read("baseline-fast")) if kind.startswith("fast") else read("baseline-paper")
         oracle = grid and grid["oracle_depth"]
         print(f"| {r['strategy']} | {r['depth']} | {oracle or '—'} | {r['val']:.2%} | {r['test']:.2%} | "
               f"{r['flops'] / 1e12:.2f} | {r['epochs']} | {r['seconds']:.0f} | "
@@ -278,8 +282,9 @@ def replay(histories: list[str], names: str = "paper,early", patience: int = 0, 
 
 @app.command()
 def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: int = 8,
-         every: bool = False, results: str = RESULTS) -> None:
-    """Train each depth alone from the same initial weights with `fast`'s long schedule: ground truth.
+         anneal_epochs: int = -1, every: bool = False, results: str = RESULTS) -> None:
+    """Train each depth alone from the same initial weights with `fast`'s long schedule and its anneal
+    (`--anneal-epochs`, -1: odn's default): ground truth.
 
     The oracle depth is the shallowest whose converged validation accuracy meets the target; its
     cost is what training only that depth costs — the least any search could spend. Depths are
@@ -288,7 +293,9 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
     """
     p = PROFILES[profile]
     dataset, data = load(p, data_dir or None)
+    default = odn.Settings.__dataclass_fields__["anneal_epochs"].default
     s = odn.Settings(target=p["target"], strategy="fast", long_epochs=epochs,
+                     anneal_epochs=default if anneal_epochs < 0 else anneal_epochs,
                      **{k: v for k, v in p["settings"].items() if k in ("amp", "channels_last")})
     net = fresh_net(p["arch"], dataset).eval()  # eval: batch-norm cannot count the one-image MACs sample
     initial = {k: v.clone() for k, v in net.state_dict().items()}
@@ -306,24 +313,31 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
         optimizer = odn.sgd(net.parameters_at(d), s.peak_lr, s)
         odn.train_phase(net, phase, data, optimizer, s, macs[d - 1], odn.shuffler(s, phase), lambda r: None,
                         odn.end_of_schedule, odn.one_cycle)
+        anneal = odn.Phase("anneal", d, s.peak_lr / 10, best_val=phase.best_val)  # as `fast` ends: kept if better
+        anneal.budget = odn.schedule_epochs(anneal, s, odn.steps_per_epoch(len(data.train[1]), s.batch_size))
+        if anneal.budget:
+            odn.train_phase(net, anneal, data, odn.sgd(net.parameters_at(d), anneal.lr, s), s, macs[d - 1],
+                            odn.shuffler(s, anneal), lambda r: None, odn.end_of_schedule, odn.cosine)
         test = odn.accuracy(lambda x: net(x, d), data.test, data)
-        rows.append({"depth": d, "val": phase.best_val, "final_val": phase.val_curve[-1], "test": test,
-                     "flops": phase.flops, "seconds": phase.seconds, "epochs": phase.epochs})
+        rows.append({"depth": d, "val": anneal.best_val, "final_val": (phase.val_curve + anneal.val_curve)[-1],
+                     "test": test, **{k: getattr(phase, k) + getattr(anneal, k) for k in ("flops", "seconds", "epochs")},
+                     "anneal_epochs": anneal.epochs})
         print(f"depth {d}: val {phase.best_val:.4f} test {test:.4f} {phase.flops / 1e12:.2f} TFLOP "
               f"{phase.seconds:.0f} s", file=sys.stderr, flush=True)
-        if phase.best_val >= p["target"] and not every:
+        if anneal.best_val >= p["target"] and not every:
             break
     # the oracle is the first depth to meet the target only when every shallower depth was trained too
     trained = [r["depth"] for r in rows]
     oracle = next((r for r in rows if r["val"] >= p["target"]), None) \
         if trained == list(range(1, len(rows) + 1)) else None
-    record = {"profile": profile, "target": p["target"], "epochs": epochs, "rows": rows,
+    record = {"profile": profile, "target": p["target"], "epochs": epochs, "anneal_epochs": s.anneal_epochs, "rows": rows,
               "oracle_depth": oracle and oracle["depth"], "oracle_flops": oracle and oracle["flops"],
               "full_flops": rows[-1]["flops"] if rows[-1]["depth"] == net.max_depth else None,
               "amp": s.amp, "channels_last": s.channels_last, **machine()}
     Path(results).mkdir(parents=True, exist_ok=True)
     (Path(results) / f"{profile}-grid.json").write_text(json.dumps(record, indent=2))
-    print(f"\n### grid {profile}: {p['arch']} on {p['data']}, target {p['target']}, one-cycle {rows[0]['epochs']} epochs "
+    print(f"\n### grid {profile}: {p['arch']} on {p['data']}, target {p['target']}, one-cycle {rows[0]['epochs'] - rows[0]['anneal_epochs']} epochs "
+          f"+ anneal {rows[0]['anneal_epochs']} "
           f"(peak LR {s.peak_lr}, Nesterov), each depth alone from the same initial weights\n")
     print("| depth | val acc | test acc | train TFLOP | wall s | meets target |\n|---|---|---|---|---|---|")
     for r in rows:
@@ -331,6 +345,39 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
               f"{'**oracle**' if oracle is r else 'yes' if r['val'] >= p['target'] else 'no'} |")
     print(f"\n{date.today()}, {record['cpu']}, {record['threads']} threads, bf16 {s.amp}, channels_last "
           f"{s.channels_last}: `python bench/bench.py grid --profile {profile}`")
+
+
+@app.command()
+def eta(run: str, every: int = 1) -> None:
+    """Replay a finished `fast` run's log: what the progress line's `search ≥ …, ≤ … left` said after each epoch,
+    against the time that was really left (from the epochs' own measured seconds)."""
+    record = json.loads((Path(run) / "odn.json").read_text())
+    s = record["settings"]
+    macs = record["by_depth"]["macs"]
+    warm = record["phases"][0]  # one pass over the training images an epoch
+    images = warm["images"] // warm["epochs"]
+    per_epoch = odn.steps_per_epoch(images, s["batch_size"])
+    settings = odn.Settings(**{k: v for k, v in s.items() if k in odn.Settings.__dataclass_fields__})
+    plan = {"macs": macs, "start": s["start_depth"], "last": s["max_depth"] or record["max_depth"], "goal": s["target"] - s["tolerance"],
+            "warmup_epochs": s["warmup_epochs"],
+            **{key: odn.schedule_epochs(odn.Phase(name, 1, 0), settings, per_epoch)
+               for key, name in (("short", "search"), ("long", "finetune"), ("anneal", "anneal"))}}
+    epochs = [json.loads(line) for line in (Path(run) / "history.jsonl").read_text().splitlines()]
+    epochs = [e for e in epochs if e["event"] == "epoch" and e["phase"] != "baseline"]
+    elapsed, done, rows = 0.0, {}, []
+    for e in epochs:  # an epoch record carries its phase's mean seconds an epoch so far
+        key = (e["phase"], e["depth"])
+        elapsed += e["seconds"] * e["epoch"] - done.get(key, 0.0)
+        done[key] = e["seconds"] * e["epoch"]
+        rows.append((e, elapsed))
+    print(f"| phase | depth | epoch | elapsed | really left | the line said: at least | at most |\n|---|---|---|---|---|---|---|")
+    for i, (e, at) in enumerate(rows):
+        if i % every and i != len(rows) - 1:
+            continue
+        least, most = odn.search_left(plan, e)
+        print(f"| {e['phase']} | {e['depth']} | {e['epoch']} | {odn.duration(at)} | {odn.duration(elapsed - at)} | "
+              f"{odn.duration(least)} | {odn.duration(most)} |")
+    print(f"\n`python bench/bench.py eta {run}` ({record.get('cpu', '')}; epoch seconds as the run measured them)")
 
 
 def machine() -> dict:

@@ -322,8 +322,9 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
         rows.append({"depth": d, "val": anneal.best_val, "final_val": (phase.val_curve + anneal.val_curve)[-1],
                      "test": test, **{k: getattr(phase, k) + getattr(anneal, k) for k in ("flops", "seconds", "epochs")},
                      "anneal_epochs": anneal.epochs})
-        print(f"depth {d}: val {phase.best_val:.4f} test {test:.4f} {phase.flops / 1e12:.2f} TFLOP "
-              f"{phase.seconds:.0f} s", file=sys.stderr, flush=True)
+        r = rows[-1]
+        print(f"depth {d}: val {r['val']:.4f} test {test:.4f} {r['flops'] / 1e12:.2f} TFLOP {r['seconds']:.0f} s",
+              file=sys.stderr, flush=True)
         if anneal.best_val >= p["target"] and not every:
             break
     # the oracle is the first depth to meet the target only when every shallower depth was trained too

@@ -729,6 +729,24 @@ def one_cycle(step: int, steps: int, warmup: float = 0.25) -> float:
     return cosine(step - up, steps - up)
 
 
+def anneal_phase(depth: int, best_val: float, s: Settings, steps_per_epoch: int, name: str = "anneal") -> Phase:
+    """`fast`'s last step for a depth (the answer, the full-depth baseline, each of `bench.py grid`'s depths):
+    a tenth of the peak LR for the rest of `long_epochs + anneal_epochs` passes (budget 0: nothing to do).
+    It starts from `best_val`, so its weights are kept only if validation improves."""
+    return Phase(name, depth, s.peak_lr / 10, best_val=best_val,
+                 budget=schedule_epochs(Phase("anneal", depth, 0), s, steps_per_epoch))
+
+
+def anneal(net: DepthNet, phase: Phase, best: dict[str, Tensor], data: Data, s: Settings, macs: int,
+           emit: Callable[[dict], object], resume: dict | None = None) -> dict[str, Tensor]:
+    """Train an `anneal_phase` on from the depth's best weights `best`, the LR a cosine to zero (no
+    warm-up: the weights are trained already); returns the best weights, `best` if none beat it."""
+    d = phase.depth
+    net.load_state_at(d, best)  # a resumed run skipped the phase that left them in the net
+    return train_phase(net, phase, data, sgd(net.parameters_at(d), phase.lr, s), s, macs,
+                       shuffler(s, Phase("anneal", d, 0)), emit, end_of_schedule, cosine, resume)
+
+
 def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
     """`fast`: worth the long schedule — the long look is predicted to meet the target.
 
@@ -843,11 +861,10 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
                                     stop=stop if schedule else None, schedule=schedule)
         # fast: the answer's recipe ends in the anneal, so the full row gets it too; else the full row is
         # trained for fewer passes than the depth it is compared with
-        topup = Phase("baseline", net.max_depth, s.peak_lr / 10, best_val=baseline.best_val,
-                      budget=schedule_epochs(Phase("anneal", 1, 0), s, per_epoch) if schedule else 0)
-        if topup.budget:
-            weights["baseline"] = train(topup, sgd(net.parameters_at(net.max_depth), topup.lr, s),
-                                        shuffler(s, Phase("anneal", net.max_depth, 0)), stop=stop, schedule=cosine)
+        topup = anneal_phase(net.max_depth, baseline.best_val, s, per_epoch, name="baseline")
+        if schedule and topup.budget:
+            weights["baseline"] = run(topup, lambda live: anneal(net, topup, weights["baseline"], data, s, macs[-1],
+                                                                 emit, live))
             baseline = dataclasses.replace(
                 baseline, best_val=topup.best_val, val_curve=baseline.val_curve + topup.val_curve,
                 **{k: getattr(baseline, k) + getattr(topup, k) for k in ("epochs", "images", "flops", "seconds", "budget")})
@@ -918,11 +935,9 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     # fast: a long look that ended while validation still rose (full-scale data, `schedule_epochs`)
     # goes on from its best weights at a tenth of the peak LR, falling to zero; the new weights are
     # kept only if validation improves
-    phase = Phase("anneal", d, s.peak_lr / 10, best_val=tuned[d].best_val)
-    if schedule and schedule_epochs(phase, s, per_epoch):
-        net.load_state_at(d, weights[d])
-        weights[d] = train(phase, sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase), stop=stop,
-                           schedule=cosine)
+    phase = anneal_phase(d, tuned[d].best_val, s, per_epoch)
+    if schedule and phase.budget:
+        weights[d] = run(phase, lambda live: anneal(net, phase, weights[d], data, s, macs[d - 1], emit, live))
         tuned[d] = phase
     net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
     return Result(d, reached, tuned[d].best_val, phases, weights, warm, macs, baseline, speed, budget)

@@ -311,13 +311,12 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
         net.load_state_dict(initial)
         phase = odn.Phase("finetune", d, s.peak_lr)
         optimizer = odn.sgd(net.parameters_at(d), s.peak_lr, s)
-        odn.train_phase(net, phase, data, optimizer, s, macs[d - 1], odn.shuffler(s, phase), lambda r: None,
-                        odn.end_of_schedule, odn.one_cycle)
-        anneal = odn.Phase("anneal", d, s.peak_lr / 10, best_val=phase.best_val)  # as `fast` ends: kept if better
-        anneal.budget = odn.schedule_epochs(anneal, s, odn.steps_per_epoch(len(data.train[1]), s.batch_size))
+        best = odn.train_phase(net, phase, data, optimizer, s, macs[d - 1], odn.shuffler(s, phase), lambda r: None,
+                               odn.end_of_schedule, odn.one_cycle)
+        # as `fast` ends: kept if better; both phases leave their best weights in the net
+        anneal = odn.anneal_phase(d, phase.best_val, s, odn.steps_per_epoch(len(data.train[1]), s.batch_size))
         if anneal.budget:
-            odn.train_phase(net, anneal, data, odn.sgd(net.parameters_at(d), anneal.lr, s), s, macs[d - 1],
-                            odn.shuffler(s, anneal), lambda r: None, odn.end_of_schedule, odn.cosine)
+            odn.anneal(net, anneal, best, data, s, macs[d - 1], lambda r: None)
         test = odn.accuracy(lambda x: net(x, d), data.test, data)
         rows.append({"depth": d, "val": anneal.best_val, "final_val": (phase.val_curve + anneal.val_curve)[-1],
                      "test": test, **{k: getattr(phase, k) + getattr(anneal, k) for k in ("flops", "seconds", "epochs")},

@@ -79,7 +79,8 @@ def load(name: str, root: str | Path | None = None, *, image_size: int = 0, stri
     if name.startswith("folder:"):
         return image_folder(Path(name.removeprefix("folder:")).expanduser(), image_size, strict_images, cache)
     if name not in LOADERS:
-        raise LookupError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}, folder:<path>")
+        hint = f"; {name} is a folder: use folder:{name}" if Path(name).expanduser().is_dir() else ""
+        raise LookupError(f"unknown data set {name!r}{hint}; known: {', '.join(sorted(LOADERS))}, folder:<path>")
     root = Path(root) if root else default_root()
     cached = root / CACHE_DIR / f"{name}-{image_size or 'native'}.safetensors"
     if cache and cached.is_file():
@@ -245,7 +246,9 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
         total += x.sum((0, 2, 3), dtype=torch.float64)
         squares += x.square().sum((0, 2, 3), dtype=torch.float64)
     mean = total / n
-    std = ((squares - n * mean.square()) / (n - 1)).clamp_(min=0).sqrt()
+    # a constant channel (a synthetic set, a mask, grey saved as colour with one channel blank) would
+    # divide by zero: one grey level is the least spread a channel of uint8 images is given
+    std = ((squares - n * mean.square()) / (n - 1)).clamp_(min=0).sqrt().clamp_(min=1 / 255)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
@@ -337,6 +340,11 @@ def torchvision_split(cls, root: Path, name: str, folder: Path, files: list[tupl
         corrupt = [f for f, md5 in files if f not in missing and md5 and not check_integrity(str(folder / f), md5)]
         if len(missing) == len(files):
             state = f"no files under {folder} (expected {', '.join(f for f, _ in files)})"
+            inside = data_root_above(root, folder, files[0][0])
+            if inside:  # --data-dir named the data set's own folder, a common slip
+                raise DataUnavailable(f"{name}: {state}; the data root {root} (--data-dir or ODN_DATA) is inside "
+                                      f"the data set: point it at {inside}, the folder that holds "
+                                      f"{folder.relative_to(root).parts[0]}/") from None
         elif not missing and not corrupt:  # every file is there, yet torchvision could not read them
             raise DataUnavailable(f"{name}: the files under {folder} are damaged or truncated ({local}); replace "
                                   f"them with good copies of {', '.join(f for f, _ in files)}") from None
@@ -347,6 +355,16 @@ def torchvision_split(cls, root: Path, name: str, folder: Path, files: list[tupl
             f"{name}: {state} and the download failed ({reason}); put torchvision's files there{hint}, "
             f"point --data-dir or ODN_DATA at a folder that has them, or use the offline default --data digits"
         ) from None
+
+
+def data_root_above(root: Path, folder: Path, file: str) -> Path | None:
+    """The data root the user meant when `root` is already part of `folder`'s path below it: with
+    folder = root/MNIST/raw, a root of …/MNIST or …/MNIST/raw that holds `file` gives …"""
+    below = folder.relative_to(root).parts
+    for shared in range(1, len(below) + 1):
+        if root.parts[-shared:] == below[:shared] and (root.joinpath(*below[shared:]) / file).is_file():
+            return root.parents[shared - 1]
+    return None
 
 
 def mnist_like(cls, root: Path, name: str, mean: float, std: float, flip: bool) -> DataSet:
@@ -496,7 +514,8 @@ def stl10(root: Path) -> DataSet:
 
 
 def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, cache: bool = False) -> DataSet:
-    """An ImageFolder tree: PATH/train/<class>/<image>, optional PATH/val/ and PATH/test/ alike.
+    """An ImageFolder tree: PATH/train/<class>/<image>, optional PATH/val/ and PATH/test/ alike; or
+    torchvision's plain ImageFolder, PATH/<class>/<image>, which is then the train split.
 
     Missing val/ or test/ are held out of train/, seeded and stratified: test 20 %, val 10 % of train/.
     Grey when every image is grey (16-bit grey scaled to 8 bits), else RGB (alpha dropped). Images of
@@ -506,14 +525,22 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     name = f"folder:{path}"
-    if not (path / "train").is_dir():
+    # the plain ImageFolder layout most photo collections come in: its class folders are train/ (the
+    # cache folder odn writes beside them is not a class)
+    subfolders = sorted(d.name for d in path.iterdir() if d.is_dir() and d.name != CACHE_DIR
+                        and not d.name.startswith(".")) if path.is_dir() else []
+    plain = bool(subfolders) and not {"train", "val", "test"} & set(subfolders)
+    train_dir, where = (path, f"{path}/") if plain else (path / "train", "train/")
+    if not train_dir.is_dir():
         raise DataUnavailable(f"{name}: no folder {path / 'train'}; expected {path}/train/<class>/<image> "
-                              f"({', '.join(e[1:] for e in IMG_EXTENSIONS)}), optionally val/ and test/ beside it")
+                              f"({', '.join(e[1:] for e in IMG_EXTENSIONS)}), optionally val/ and test/ beside "
+                              f"it, or {path}/<class>/<image>")
     try:
-        classes, class_to_idx = find_classes(str(path / "train"))
-        samples = {"train": make_dataset(str(path / "train"), class_to_idx, IMG_EXTENSIONS)}
+        classes = subfolders if plain else find_classes(str(train_dir))[0]
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        samples = {"train": make_dataset(str(train_dir), class_to_idx, IMG_EXTENSIONS)}
         for split in ("val", "test"):
-            if (path / split).is_dir():
+            if not plain and (path / split).is_dir():
                 extra = sorted(set(find_classes(str(path / split))[0]) - set(classes))
                 if extra:
                     raise DataUnavailable(f"{name}: {split}/ has classes that train/ lacks: {', '.join(extra)}")
@@ -530,7 +557,7 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
     if cache and cache_fingerprint(cached) == fingerprint:  # the header alone says whether it is current
         return read_cache(cached)
     if len(classes) < 2:
-        raise DataUnavailable(f"{name}: train/ has {len(classes)} class folder{'s' * (len(classes) != 1)} "
+        raise DataUnavailable(f"{name}: {where} has {len(classes)} class folder{'s' * (len(classes) != 1)} "
                               f"({', '.join(classes) or 'none'}); a classifier needs at least two")
     headers, unreadable = {}, []
     for split_samples in samples.values():
@@ -549,7 +576,7 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
     needed = 1 + ("val" not in samples) + ("test" not in samples)  # one image per split held out of train/
     if int(counts.min()) < needed:
         small = classes[int(counts.argmin())]
-        raise DataUnavailable(f"{name}: class {small!r} has {int(counts.min())} readable image(s) in train/; "
+        raise DataUnavailable(f"{name}: class {small!r} has {int(counts.min())} readable image(s) in {where}; "
                               f"each class needs at least {needed} (train" + ", val" * ("val" not in samples) +
                               ", test" * ("test" not in samples) + " each), or give val/ and test/ folders")
     grey = all(mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") for mode, _ in headers.values())
@@ -567,6 +594,12 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
             samples[split] = [samples["train"][i] for i in held]
             samples["train"] = [samples["train"][i] for i in keep]
     channels = 1 if grey else 3
+    images, free = sum(map(len, samples.values())), available_memory()
+    if not cache and images * channels * width * height > 0.8 * free:  # refused now, not killed mid-decode
+        raise DataUnavailable(f"{name}: its {images:,} images at {width}×{height} need "
+                              f"{images * channels * width * height / 2**30:.1f} GiB decoded, more than this "
+                              f"machine has free ({free / 2**30:.1f} GiB); pass --image-size N to shrink them, "
+                              "or --cache to memory-map them from disk")
     dataset = DataSet(name, None, None, None, num_classes=len(classes), in_chans=channels,
                       image_size=max(width, height), mean=(), std=(), classes=classes, augment=crop_flip,
                       skipped=unreadable)
@@ -580,6 +613,18 @@ def image_folder(path: Path, image_size: int = 0, strict_images: bool = False, c
                                                 for split in SPLITS)
     dataset.mean, dataset.std = channel_stats(dataset.train[0])
     return dataset
+
+
+def available_memory() -> int:
+    """Bytes the kernel says can be taken without swapping (MemAvailable), else free physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # no way to ask (Windows): do not refuse
+            return 2**62
 
 
 def read_images(samples: list[tuple[str, int]], grey: bool, size: tuple[int, int], out: Tensor | None = None) -> Tensor:

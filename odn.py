@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -1116,7 +1117,9 @@ def save_weights(path: Path, state: dict[str, Tensor], metadata: dict | None = N
     try:
         atomic_write(path, lambda name: save_file(tensors, name, metadata=text))
     except SafetensorError as error:  # its I/O errors (a full disk) are OSErrors to every caller
-        raise OSError(str(error).replace("\n", " ")) from None
+        message = str(error).replace("\n", " ")  # "… I/O error: File too large (os error 27)"
+        code = message.rpartition("(os error ")[2].rstrip(")")
+        raise OSError(int(code) if code.isdigit() else None, message) from None
 
 
 def save_json(path: Path, record: dict) -> None:
@@ -1359,7 +1362,7 @@ def deploy(model: nn.Module, full: nn.Module, out_dir: Path, data: Data, int8: b
 HELP = {
     "arch": "architecture, a name registered in archs/ (--list-archs lists them)",
     "data": "data set: digits (offline default), mnist, fashion_mnist, emnist, svhn, cifar10, cifar100, stl10, "
-            "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/)",
+            "or folder:<path> (PATH/train/<class>/<image>, optional val/ and test/; or PATH/<class>/<image>)",
     "target": "target validation accuracy in (0, 1]",
     "strategy": "fast (one-cycle schedules: a short look at every depth, a long one for depths within reach), "
                 "paper (the paper's exact protocol), early (paper, but stop a depth once its outcome is known) "
@@ -1542,7 +1545,7 @@ def cli(
         signal.signal(number, on_signal)
     world = int(os.environ.get("WORLD_SIZE", 1))
     launcher = f"torchrun --nproc-per-node {world} odn.py " if world > 1 else "python odn.py "
-    resume_command = launcher + shlex.join(a for a in sys.argv[1:] if a not in ("--resume", "--force")) + " --resume"
+    resume_command = launcher + shlex.join([*(a for a in sys.argv[1:] if a not in ("--resume", "--force")), "--resume"])
     try:
         state = read_checkpoint(checkpoint)[0] if checkpoint else None
         result = run_with_progress(net, run_data, settings, out_dir, {**facts, "command": command}, console, state,
@@ -1564,8 +1567,10 @@ def cli(
              f"in {out_dir}: fix the first error reported, then {resume_command}", code=1)
     except OSError as error:
         then = f"then {resume_command}" if (out_dir / CHECKPOINT).exists() else "then run the same command again"
+        fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space or raise the disk quota",
+               errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(error.errno, f"make {out_dir} writable")
         fail(f"cannot write in {out_dir} ({error.strerror or error}); the last complete checkpoint and every "
-             f"finished file there are intact: free space, {then}", code=1)
+             f"finished file there are intact: {fix}, {then}", code=1)
     rows = report_rows(net, result, run_data)  # every rank: test accuracy is counted across them
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -1811,8 +1816,13 @@ def check_out_dir(out_dir: Path, resume: bool, force: bool, command: dict) -> Pa
     if not force and checkpoint.exists():
         fail(f"{out_dir} holds an interrupted run; add --resume to continue it, or --force to start over")
     existing = next(parent for parent in [out_dir, *out_dir.absolute().parents] if parent.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        fail(f"cannot write to --out {out_dir}: {existing} is not writable; choose another --out")
+    try:  # a file really made and removed: permission bits do not tell root about a read-only mount or /proc
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        fail(f"cannot write to --out {out_dir}: {existing} is not writable ({error.strerror or error}); "
+             "choose another --out")
     if force:
         checkpoint.unlink(missing_ok=True)
     return None

@@ -836,6 +836,15 @@ def test_offline_without_files_says_which_files_go_where(tmp_path, offline, name
     assert expected in message and "download failed" in message and "--data digits" in message
 
 
+@pytest.mark.parametrize("inside", ["MNIST", "MNIST/raw"])
+def test_a_data_root_inside_the_data_set_names_the_root_meant(tmp_path, offline, inside):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(datasets.DataUnavailable) as error:
+        datasets.load("mnist", tmp_path / inside)
+    assert str(error.value).endswith(f"is inside the data set: point it at {tmp_path}, the folder that holds MNIST/")
+
+
 def write_pngs(root: Path, split: str, per_class: int, mode: str, size=(10, 10), classes=("cat", "dog", "eel")):
     from PIL import Image
 
@@ -879,6 +888,39 @@ def test_folder_errors_are_one_line(tmp_path):
     write_pngs(tmp_path, "val", 1, "L", classes=("cat", "fox"))
     with pytest.raises(datasets.DataUnavailable, match="val/ has classes that train/ lacks: fox"):
         datasets.load(f"folder:{tmp_path}")
+
+
+def test_a_plain_image_folder_is_the_train_split_and_a_bare_path_gets_a_hint(tmp_path):
+    """torchvision's own layout, PATH/<class>/<image>, with no train/: its classes are the train split,
+    and the cache odn writes beside them is not read back as a class."""
+    write_pngs(tmp_path, ".", 10, "L")
+    d = datasets.load(f"folder:{tmp_path}")
+    assert [len(s[1]) for s in (d.train, d.val, d.test)] == [21, 3, 6] and d.classes == ["cat", "dog", "eel"]
+    cached = datasets.load(f"folder:{tmp_path}", cache=True)
+    assert (tmp_path / datasets.CACHE_DIR).is_dir() and cached.classes == d.classes
+    again = datasets.load(f"folder:{tmp_path}")  # the cache folder is not a fourth class
+    assert again.classes == d.classes and torch.equal(again.test[0], d.test[0])
+    with pytest.raises(LookupError, match=f"{re.escape(str(tmp_path))} is a folder: use folder:"):
+        datasets.load(str(tmp_path))
+
+
+def test_a_folder_larger_than_free_memory_is_refused_before_decoding_unless_cached(tmp_path, monkeypatch):
+    write_pngs(tmp_path, "train", 4, "RGB")
+    monkeypatch.setattr(datasets, "available_memory", lambda: 3000)  # 12 images × 3 × 10 × 10 = 3,600 bytes
+    with pytest.raises(datasets.DataUnavailable, match=r"its 12 images at 10×10 need 0.0 GiB decoded, more than "
+                                                       r"this machine has free .* --image-size N .* --cache"):
+        datasets.load(f"folder:{tmp_path}")
+    assert len(datasets.load(f"folder:{tmp_path}", cache=True).train[1]) == 9  # memory-mapped instead
+    monkeypatch.undo()
+    assert 2**20 < datasets.available_memory() < 2**62  # this machine's real figure, read from the kernel
+
+
+def test_a_constant_channel_gets_one_grey_level_of_spread_not_a_division_by_zero():
+    images = torch.zeros(4, 3, 5, 5, dtype=torch.uint8)
+    images[:, 0] = torch.arange(4, dtype=torch.uint8).view(4, 1, 1) * 60  # red varies, green and blue are blank
+    mean, std = datasets.channel_stats(images)
+    assert std[1] == std[2] == round(1 / 255, 4) and std[0] > 0.2
+    assert torch.isfinite(odn.normalise(images, mean, std)).all()
 
 
 def test_image_size_resizes_a_fixed_size_set():
@@ -1336,6 +1378,9 @@ BAD_INPUTS = [  # (arguments or a function of tmp_path giving them, what the one
     (lambda tmp: ["--data", folder_of(tmp / "broken", {"a": 5, "b": 5}, broken=2), "--strict-images"],
      "2 unreadable image(s), e.g. "),
     (lambda tmp: ["--data", f"folder:{tmp / 'nothing'}"], "no folder"),
+    (lambda tmp: ["--data", str(tmp / "out")], "out is a folder: use folder:"),
+    # root may write anywhere the permission bits say no: only a real write tells /proc from a folder
+    (["--out", "/proc/odn-run"], "cannot write to --out /proc/odn-run: /proc is not writable"),
     (lambda tmp: ["--out", str(tmp / "out" / "keep.txt")], "keep.txt is a file, not a folder"),
     (lambda tmp: ["--out", str(tmp / "out" / "keep.txt" / "run")], "keep.txt is a file, not a folder"),
     (lambda tmp: (tmp / "out" / "odn.json").write_text("{}") and ["--out", str(tmp / "out")],
@@ -1425,6 +1470,7 @@ def test_a_failed_write_mid_run_says_what_is_intact(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot write in {out}" in lines[0] and "intact" in lines[0], done.stderr
+    assert "raise the file-size limit" in lines[0]  # the fix for the error that happened, not a generic one
     assert not list(out.glob(".*.tmp"))  # no half-written file left behind
 
 

@@ -1817,8 +1817,6 @@ def check_out_dir(out_dir: Path, resume: bool, force: bool, command: dict) -> Pa
         fail(f"{out_dir} holds an interrupted run; add --resume to continue it, or --force to start over")
     existing = next(parent for parent in [out_dir, *out_dir.absolute().parents] if parent.exists())
     try:  # a file really made and removed: permission bits do not tell root about a read-only mount or /proc
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "permission denied")
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         fail(f"cannot write to --out {out_dir}: {existing} is not writable ({error.strerror or error}); "

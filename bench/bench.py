@@ -8,6 +8,7 @@
     python bench/bench.py table mnist                            # every recorded row, ÷ paper / oracle / full
     python bench/bench.py speed                                  # odn's loop vs a bare loop; --amp; channels_last
     python bench/bench.py eta RUN_DIR                            # the progress line's estimate against the truth
+    python bench/bench.py probe                                  # the speed probe's readings against training
 
 Each strategy runs on the same data, seed, initial weights and caps; the full-depth baseline
 (same convergence rule, same initial weights) runs once. Prints a markdown table for BENCHMARKS.md.
@@ -427,6 +428,39 @@ def speed(images: int = 2560, depth: int = 1, data_dir: str = "", repeats: int =
                   f"{'bf16' if s.amp else '—'} | {best:.0f} | {best / timings['bare']:.2f} |", flush=True)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"ResNet-18 depth {depth}, MNIST 28×28, batch 128: `python bench/bench.py speed`")
+
+
+@app.command()
+def probe(depths: str = "1,2,8", images: int = 1536, data_dir: str = "", repeats: int = 3) -> None:
+    """What the speed probe reads against what training runs at: img/s of each autocast and memory-format
+    setting, as `odn.time_training_steps` times it (steps of 32 and of 128 images) and over `images`
+    training images at batch 128 (ResNet-18 on MNIST)."""
+    dataset = datasets.load("mnist", data_dir or None)
+    data = odn.Data(dataset.train, dataset.val, mean=dataset.mean, std=dataset.std)
+    net = fresh_net("resnet18", dataset).eval()
+    print("| depth | bf16 | channels-last | probe, 32 a step | probe, 128 a step | training, 128 a step |\n"
+          "|---|---|---|---|---|---|")
+    for depth in [int(d) for d in depths.split(",")]:
+        for amp in (False, True):
+            for channels_last in (False, True):
+                probed = {size: max(1 / odn.time_training_steps(net, data, odn.Settings(batch_size=size), depth, amp,
+                                                                channels_last) for _ in range(repeats))
+                          for size in (32, 128)}
+                model = odn.extract(net, depth).train()
+                if channels_last:
+                    model.to(memory_format=torch.channels_last)
+                s = odn.Settings(amp=amp, channels_last=channels_last)
+                run = lambda n: odn.train_epoch(lambda a, b: F.cross_entropy(model(a), b),
+                                                torch.optim.SGD(model.parameters(), lr=1e-3),
+                                                odn.Data((data.train[0][:n], data.train[1][:n]), data.val,
+                                                         mean=data.mean, std=data.std),
+                                                s, torch.Generator().manual_seed(0))
+                run(256)  # allocation, kernel choice
+                start = time.perf_counter()
+                trained = run(images)[1] / (time.perf_counter() - start)
+                print(f"| {depth} | {'on' if amp else 'off'} | {'on' if channels_last else 'off'} | "
+                      f"{probed[32]:.0f} | {probed[128]:.0f} | {trained:.0f} |", flush=True)
+    print(f"\n{machine()}: `python bench/bench.py probe --depths {depths}` (img/s, best of {repeats} probes)")
 
 
 if __name__ == "__main__":

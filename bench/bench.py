@@ -446,18 +446,9 @@ def probe(depths: str = "1,2,8", images: int = 1536, data_dir: str = "", repeats
                 probed = {size: max(1 / odn.time_training_steps(net, data, odn.Settings(batch_size=size), depth, amp,
                                                                 channels_last) for _ in range(repeats))
                           for size in (32, 128)}
-                model = odn.extract(net, depth).train()
-                if channels_last:
-                    model.to(memory_format=torch.channels_last)
-                s = odn.Settings(amp=amp, channels_last=channels_last)
-                run = lambda n: odn.train_epoch(lambda a, b: F.cross_entropy(model(a), b),
-                                                torch.optim.SGD(model.parameters(), lr=1e-3),
-                                                odn.Data((data.train[0][:n], data.train[1][:n]), data.val,
-                                                         mean=data.mean, std=data.std),
-                                                s, torch.Generator().manual_seed(0))
-                run(256)  # allocation, kernel choice
-                start = time.perf_counter()
-                trained = run(images)[1] / (time.perf_counter() - start)
+                # training itself: the same steps of 128, but as many as `images` makes (not 3)
+                trained = 1 / odn.time_training_steps(net, data, odn.Settings(), depth, amp, channels_last,
+                                                      steps=images // 128)
                 print(f"| {depth} | {'on' if amp else 'off'} | {'on' if channels_last else 'off'} | "
                       f"{probed[32]:.0f} | {probed[128]:.0f} | {trained:.0f} |", flush=True)
     print(f"\n{machine()}: `python bench/bench.py probe --depths {depths}` (img/s, best of {repeats} probes)")

@@ -2,7 +2,9 @@
 
 A builder takes (num_classes, in_chans, image_size, name=<registered name>, **kw) and returns a network that
 satisfies odn.DepthPartitionable: `stem`, `blocks` (ordered), `channels` (after each block).
-Every module in this folder is imported on first use, so adding a file is all a plugin needs.
+Every module in this folder is imported on first use, so adding a file is all a plugin needs. odn imports this
+folder under a private name (odn_archs), so a plugin imports the registry relatively:
+`from . import Partition, register`.
 A family of names (wrn<d>_<k>, timm:<name>) registers one builder for a pattern instead.
 `register(..., blocks=(...))` pins how many blocks each name yields: the conformance test checks it
 and `--list-archs` shows it without building anything.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import sys
 from typing import Callable, Sequence
 
 BUILDERS: dict[str, Callable] = {}
@@ -54,7 +57,14 @@ def _discover() -> None:
     if not _discovered:
         _discovered = True
         for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
+            before, fix = sys.modules.get("archs"), (f"archs/{module.name}.py imports the registry by name; write "
+                                                     "`from . import Partition, register` instead")
+            try:
+                importlib.import_module(f"{__name__}.{module.name}")
+            except ModuleNotFoundError as error:
+                raise ImportError(fix) if error.name == "archs" else error
+            if sys.modules.get("archs") is not before:  # `from archs import register` filled a second registry
+                raise ImportError(fix)
 
 
 def names() -> list[str]:

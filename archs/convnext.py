@@ -7,7 +7,7 @@ every head mirrors timm's: average pool → LayerNorm → linear.
 """
 from torch import nn
 
-from archs import Partition, register
+from . import Partition, register
 
 
 def norm_pooled_head(channels: int, num_classes: int) -> nn.Module:

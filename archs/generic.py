@@ -9,7 +9,7 @@ refused. No small-image stem either: use a plugin for 28–32 px inputs, or expe
 import torch
 from torch import nn
 
-from archs import Partition, register_pattern
+from . import Partition, register_pattern
 
 
 @register_pattern("timm:<timm model name>", r"timm:(.+)")

@@ -9,7 +9,7 @@ the first stride-2 depthwise conv at stride 1: total stride 8, so a 32-px image 
 """
 from torch import nn
 
-from archs import Partition, register
+from . import Partition, register
 
 
 def out_channels(block: nn.Module) -> int:

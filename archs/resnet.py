@@ -6,7 +6,7 @@ stride-1 conv and no max-pool, so a 28×28 digit is not shrunk to 7×7 before th
 """
 from torch import nn
 
-from archs import Partition, register
+from . import Partition, register
 
 
 def small_image_stem(model, in_chans: int) -> None:

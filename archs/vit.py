@@ -7,7 +7,7 @@ layer. Small images (≤ 64 px) use 4-px patches, e.g. 32 px → 64 tokens + the
 import torch
 from torch import nn
 
-from archs import Partition, register
+from . import Partition, register
 
 
 class TokenStem(nn.Module):

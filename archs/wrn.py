@@ -9,8 +9,8 @@ import re
 
 from torch import nn
 
-from archs import Partition, register, register_pattern
-from archs.resnet import partition_resnet
+from . import Partition, register, register_pattern
+from .resnet import partition_resnet
 
 
 @register("wide_resnet50_2", "wide_resnet101_2", blocks=(16, 33))

@@ -16,6 +16,7 @@ Numbers are measured, never assumed: nothing here is hard-coded but the profiles
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -30,9 +31,11 @@ import torch
 import typer
 from torch.nn import functional as F
 
-import archs
-import data as datasets
 import odn
+import odn_cli
+import strategies as research  # noqa: F401 — registers `early` and `carry` (bench/strategies.py)
+
+archs, datasets = odn.sibling("archs"), odn.sibling("data")  # odn's own, under private names
 
 # CPU-sized profiles: every strategy shares one; the digits profile is the paper's protocol.
 PROFILES = {
@@ -99,6 +102,14 @@ def speed_of_row(folder: Path, profile: str, row: str) -> dict:
     return {"amp": speed["amp"], "channels_last": speed["channels_last"]}
 
 
+def resolve_speed(net: odn.DepthNet, data: odn.Data, s: odn.Settings, arch: str) -> tuple[odn.Settings, dict | None]:
+    """A profile's `amp=None` / `channels_last=None`: the choice odn's CLI makes (timed once, remembered)."""
+    if s.amp is not None and s.channels_last is not None:
+        return s, None
+    speed = odn_cli.remembered_speed(net.eval(), data, s, arch, s.amp, s.channels_last)
+    return dataclasses.replace(s, amp=speed["amp"], channels_last=speed["channels_last"]), speed
+
+
 def progress(record: dict, history=None) -> None:
     if history is not None and record["event"] in ("epoch", "phase"):  # per-epoch curves, for studying rules
         history.write(json.dumps({k: v for k, v in record.items() if k != "weights"}) + "\n")
@@ -141,12 +152,13 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
                          **{**p["settings"], **speed_of_row(folder, profile, speed_of)})
         name = f"{name}-anneal{anneal}" if recipe.startswith("fast-") else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
+        s, speed = resolve_speed(net, data, s, p["arch"])
         result = odn.search(net, data, s, on_event=lambda record: progress(record, log))
         if log:
             log.close()
         model = odn.extract(net, result.depth).eval()
         row = {"strategy": name, "depth": result.depth, "val": result.val_accuracy,
-               "test": odn.accuracy(model, data.test, data), **result.cost, "speed": result.speed,
+               "test": odn.accuracy(model, data.test, data), **result.cost, "speed": speed,
                "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val) for ph in result.phases], "seed": seed,
                **machine()}
         (folder / f"{profile}-{name}{f'-seed{seed}' if seed else ''}.json").write_text(json.dumps(row, indent=2))
@@ -300,11 +312,8 @@ def grid(profile: str = "digits", depths: str = "", data_dir: str = "", epochs: 
                      **{k: v for k, v in p["settings"].items() if k in ("amp", "channels_last")})
     net = fresh_net(p["arch"], dataset).eval()  # eval: batch-norm cannot count the one-image MACs sample
     initial = {k: v.clone() for k, v in net.state_dict().items()}
-    sample = odn.normalise(data.train[0][:1], data.mean, data.std)
-    macs = [odn.forward_macs(lambda x, d=d: net(x, d), sample) for d in range(1, net.max_depth + 1)]
-    if s.amp is None or s.channels_last is None:
-        amp, channels_last, _ = odn.choose_speed(net, data, s, 1)
-        s = odn.Settings(**{**s.__dict__, "amp": amp, "channels_last": channels_last})
+    macs = odn.depth_costs(net, odn.normalise(data.train[0][:1], data.mean, data.std))["macs"]
+    s, _ = resolve_speed(net, data, s, p["arch"])
     if s.channels_last:
         net.to(memory_format=torch.channels_last)
     rows = []
@@ -375,14 +384,14 @@ def eta(run: str, every: int = 1) -> None:
     for i, (e, at) in enumerate(rows):
         if i % every and i != len(rows) - 1:
             continue
-        least, most = odn.search_left(plan, e)
-        print(f"| {e['phase']} | {e['depth']} | {e['epoch']} | {odn.duration(at)} | {odn.duration(elapsed - at)} | "
-              f"{odn.duration(least)} | {odn.duration(most)} |")
+        least, most = odn_cli.search_left(plan, e)
+        print(f"| {e['phase']} | {e['depth']} | {e['epoch']} | {odn_cli.duration(at)} | {odn_cli.duration(elapsed - at)} | "
+              f"{odn_cli.duration(least)} | {odn_cli.duration(most)} |")
     print(f"\n`python bench/bench.py eta {run}` ({record.get('cpu', '')}; epoch seconds as the run measured them)")
 
 
 def machine() -> dict:
-    return {"date": str(date.today()), "cpu": odn.cpu_model(), "threads": torch.get_num_threads(),
+    return {"date": str(date.today()), "cpu": odn_cli.cpu_model(), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 
 
@@ -443,11 +452,11 @@ def probe(depths: str = "1,2,8", images: int = 1536, data_dir: str = "", repeats
     for depth in [int(d) for d in depths.split(",")]:
         for amp in (False, True):
             for channels_last in (False, True):
-                probed = {size: max(1 / odn.time_training_steps(net, data, odn.Settings(batch_size=size), depth, amp,
+                probed = {size: max(1 / odn_cli.time_training_steps(net, data, odn.Settings(batch_size=size), depth, amp,
                                                                 channels_last) for _ in range(repeats))
                           for size in (32, 128)}
                 # training itself: the same steps of 128, but as many as `images` makes (not 3)
-                trained = 1 / odn.time_training_steps(net, data, odn.Settings(), depth, amp, channels_last,
+                trained = 1 / odn_cli.time_training_steps(net, data, odn.Settings(), depth, amp, channels_last,
                                                       steps=images // 128)
                 print(f"| {depth} | {'on' if amp else 'off'} | {'on' if channels_last else 'off'} | "
                       f"{probed[32]:.0f} | {probed[128]:.0f} | {trained:.0f} |", flush=True)

@@ -24,14 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # odn.py, data.
 import torch
 import typer
 
-import data as datasets
 import odn
+import odn_cli
+
+archs, datasets = odn.sibling("archs"), odn.sibling("data")  # odn's own, under private names
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
 
 def machine() -> str:
-    return f"{date.today()}, {odn.cpu_model()}, {torch.get_num_threads()} threads"
+    return f"{date.today()}, {odn_cli.cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def synthetic_cache(path: Path, images: int, size: int) -> None:

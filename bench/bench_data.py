@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # odn.py, data.
 import torch
 import torch.nn.functional as F
 
-import archs
-import data as datasets
 import odn
+
+archs, datasets = odn.sibling("archs"), odn.sibling("data")  # odn's own, under private names
 
 
 def images_per_second(batches, limit: int, step=lambda x, y: None) -> float:

@@ -23,9 +23,10 @@ import torch
 import typer
 from safetensors.torch import load_file
 
-import archs
-import data as datasets
 import odn
+import odn_cli
+
+archs, datasets = odn.sibling("archs"), odn.sibling("data")  # odn's own, under private names
 
 
 def prune_to(model: torch.nn.Module, sample: torch.Tensor, params: int):
@@ -89,9 +90,9 @@ def main(run_dir: str, data_dir: str = "") -> None:
                              ("full network (baseline)", full, record["full"].get("val_accuracy"))):
         model.eval()
         rows.append((name, odn.count_params(model), odn.forward_macs(model, sample),
-                     odn.latency_ms(model, sample, repeats=50), val, odn.accuracy(model, data.test, data)))
+                     odn_cli.latency_ms(model, sample, repeats=50), val, odn.accuracy(model, data.test, data)))
     print(f"{record['arch']} on {record['data']}: pruned to {params:,} parameters (test {before:.2%} before "
-          f"fine-tuning), fine-tuned {epochs} epochs — {odn.cpu_model()}, {torch.get_num_threads()} threads")
+          f"fine-tuning), fine-tuned {epochs} epochs — {odn_cli.cpu_model()}, {torch.get_num_threads()} threads")
     print("| network | params | MFLOPs | batch-1 ms | val | test |\n|---|---|---|---|---|---|")
     for name, count, macs, ms, val, test in rows:
         val = "—" if val is None else f"{val:.2%}"

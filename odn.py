@@ -533,7 +533,8 @@ def account(phase: Phase, images: int, macs: int, seconds: float, loss: float) -
     phase.seconds += seconds
     if not math.isfinite(loss):
         raise FloatingPointError(f"the training loss became {loss} at depth {phase.depth} ({phase.name}, epoch "
-                                 f"{phase.epochs}): lower the learning rate (--peak-lr for fast, --lr for paper, or warmup_lr)")
+                                 f"{phase.epochs}): lower the learning rate (--peak-lr for fast, --lr for paper, "
+                                 "or warmup_lr)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,6 +654,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     goal = s.target - s.tolerance
     macs, per_epoch = costs["macs"], steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
     journal, emit, run = journaled(on_event, resume, s)  # every finished phase, what a resumed run replays
+    finished = lambda: [Phase(**record) for record, _ in journal if record["name"] != "baseline"]
     emit({"event": "start", "macs": macs, "last": last})
     weights = {}
 
@@ -719,7 +721,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             break  # §III-D: the first depth that meets the target, already fine-tuned
         # below the target: depth d is rejected, and the next pass adds block d + 1
 
-    phases = [Phase(**record) for record, _ in journal if record["name"] != "baseline"]
+    phases = finished()
     if not reached:  # the target is out of reach: fine-tune the best depth tried
         best = max((p for p in phases if p.name in ("search", "finetune")), key=lambda p: p.best_val)
         d, continuing = best.depth, best == phases[-1] and not best.converged
@@ -735,8 +737,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         weights[d] = run(phase, lambda live: anneal(net, phase, weights[d], data, s, macs[d - 1], emit, live))
         tuned[d] = phase
     net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
-    phases = [Phase(**record) for record, _ in journal if record["name"] != "baseline"]
-    return Result(d, reached, tuned[d].best_val, phases, weights, warm, macs, costs["params"], baseline)
+    return Result(d, reached, tuned[d].best_val, finished(), weights, warm, macs, costs["params"], baseline)
 
 
 def prepare(net: DepthNet, data: Data, s: Settings) -> dict[str, list[int]]:

@@ -404,7 +404,8 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             return
         weights = record.pop("weights")
         console.print(f"{record['name']:>8} depth {record['depth']}: best val {record['best_val']:.4f} "
-                      f"after {record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}, {record['seconds']:.0f} s", highlight=False)
+                      f"after {record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}, "
+                      f"{record['seconds']:.0f} s", highlight=False)
         clock.update(epoch=now, said=now, seen=0, name=record["name"])
         meta = {**facts, "phase": record["name"], "depth": record["depth"]}
         if record["name"] in ("warmup", "baseline"):

@@ -314,6 +314,7 @@ class Settings:
     strategy: str = "fast"
     warmup_epochs: int | None = None  # None: the strategy's own (fast 1, paper and the rest 3)
     warmup_lr: float | None = None  # None: the strategy's own (fast 0.01, the rest 0.001)
+    warmup_steps: int | None = None  # the warm-up's most steps; None: the strategy's own (fast 100, the rest no cap)
     lr: float = 0.01
     batch_size: int = 128
     momentum: float = 0.9
@@ -331,7 +332,8 @@ class Settings:
     min_steps: int = 100  # a short look lasts at least this many steps; the long one keeps its ratio
     peak_lr: float = 0.2
     reach: float = 2.0  # within reach: short-look validation error ≤ reach × the target's error (1 − target)
-    reach_slack: float = 1.3  # after a long look: short-look error × the measured gain ≤ this × the target's
+    reach_slack: float = 1.3  # and short-look error × a long look's gain ≤ this × the target's error
+    gain_prior: float = 0.8  # a long look's gain (its error ÷ the short look's) until one is measured
     anneal_epochs: int = 4  # the chosen depth then trains on at a falling LR, up to long + this many passes
     relook: bool = True  # a short look stretched to min_steps that misses gets as many steps again (small data)
     baseline: bool = False  # also train the full depth from the same initial weights (Table I's full row)
@@ -344,6 +346,7 @@ class Settings:
         fast = self.strategy == "fast"
         self.warmup_epochs = (1 if fast else 3) if self.warmup_epochs is None else self.warmup_epochs
         self.warmup_lr = (0.01 if fast else 0.001) if self.warmup_lr is None else self.warmup_lr
+        self.warmup_steps = (100 if fast else 0) if self.warmup_steps is None else self.warmup_steps
 
     def check(self, blocks: int | None = None) -> None:
         """Raise ValueError naming the first option out of its range (depths only when `blocks` is given)."""
@@ -359,9 +362,9 @@ class Settings:
         option = lambda name: f"--{name.replace('_', '-')} {getattr(self, name)}"
         for names, within, bound in ((("batch_size", "patience", "lr_patience", "short_epochs", "long_epochs",
                                        "min_steps"), lambda v: v >= 1, "≥ 1"),
-                                     (("warmup_epochs", "anneal_epochs", "max_epochs", "momentum", "weight_decay",
-                                       "tolerance"), lambda v: v >= 0, "≥ 0"),
-                                     (("lr", "warmup_lr", "peak_lr"), lambda v: v > 0, "> 0"),
+                                     (("warmup_epochs", "warmup_steps", "anneal_epochs", "max_epochs", "momentum",
+                                       "weight_decay", "tolerance"), lambda v: v >= 0, "≥ 0"),
+                                     (("lr", "warmup_lr", "peak_lr", "gain_prior"), lambda v: v > 0, "> 0"),
                                      (("lr_decay",), lambda v: 0 < v < 1, "in (0, 1)"),
                                      (("reach", "reach_slack"), lambda v: v >= 1, "≥ 1")):
             for name in names:
@@ -492,9 +495,12 @@ def warmup(net: DepthNet, phase: Phase, data: Data, s: Settings, macs: list[int]
     forward = trainable(net, depth, every_head=True)
     loss_fn = lambda x, y: sum(F.cross_entropy(logits, y) for logits in forward(x))
     position = restore(resume, net, phase, optimizer, schedule, generator)[1] if resume else None
+    images = warmup_images(s, len(data.train[1]))
     while phase.epochs < s.warmup_epochs:
         start = time.perf_counter()
         net.train()
+        position = position or {"order": torch.randperm(len(data.train[1]), generator=generator)[:images],
+                                "next": 0, "total": 0.0, "images": 0}
         loss, images = train_epoch_or_checkpoint(loss_fn, optimizer, data, s, generator, emit, None, position,
                                                  lambda: snapshot(net, phase, optimizer, schedule, generator, None))
         position = None
@@ -513,9 +519,13 @@ def warmup(net: DepthNet, phase: Phase, data: Data, s: Settings, macs: list[int]
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def train_epoch_or_checkpoint(loss_fn, optimizer, data: Data, s: Settings, generator: torch.Generator,
-                              emit: Callable[[dict], object], scheduler, position: dict | None,
-                              state: Callable[[], dict]) -> tuple[float, int]:
+def warmup_images(s: Settings, images: int) -> int:
+    """Images a warm-up epoch trains on (`warmup_steps` caps the warm-up; see `Settings`)."""
+    return min(images, math.ceil(s.warmup_steps / max(s.warmup_epochs, 1)) * s.batch_size) if s.warmup_steps else images
+
+
+def train_epoch_or_checkpoint(loss_fn, optimizer, data: Data, s: Settings, generator: torch.Generator, emit,
+                              scheduler, position: dict | None, state: Callable[[], dict]) -> tuple[float, int]:
     """`train_epoch`; when a signal stops it mid-epoch, emit a checkpoint of that very batch first."""
     try:
         return train_epoch(loss_fn, optimizer, data, s, generator,
@@ -574,9 +584,7 @@ def cosine(step: int, steps: int) -> float:
 def one_cycle(step: int, steps: int, warmup: float = 0.25) -> float:
     """LR factor: linear up over the first quarter, then a cosine to zero (super-convergence, Smith & Topin)."""
     up = max(1, round(warmup * steps))
-    if step < up:
-        return (step + 1) / up
-    return cosine(step - up, steps - up)
+    return (step + 1) / up if step < up else cosine(step - up, steps - up)
 
 
 def schedule_epochs(phase: Phase, s: Settings, steps_per_epoch: int) -> int:
@@ -592,13 +600,11 @@ def schedule_epochs(phase: Phase, s: Settings, steps_per_epoch: int) -> int:
 
 
 def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
-    """`fast`: worth the long schedule, which a short one understates. Before any long look: short-look error
-    ≤ `reach` × the target's. After one, `gain` is what it did to the error (long ÷ short, the smallest seen):
-    short-look error × gain ≤ `reach_slack` × the target's (slack: deeper depths gain more)."""
-    error, goal_error = 1 - phase.best_val, 1 - (s.target - s.tolerance)
-    if error > s.reach * goal_error:
-        return False
-    return gain is None or error * gain <= s.reach_slack * goal_error
+    """`fast`: worth the long schedule, which a short one understates: short-look error ≤ `reach` × the target's,
+    and × `gain` (what a long look did to the error, long ÷ short, the smallest seen; `gain_prior` before any)
+    ≤ `reach_slack` × the target's (slack: deeper depths gain more)."""
+    error, goal_error, gain = 1 - phase.best_val, 1 - (s.target - s.tolerance), s.gain_prior if gain is None else gain
+    return error <= s.reach * goal_error and error * gain <= s.reach_slack * goal_error
 
 
 def relook_within_reach(short: Phase, again: Phase, s: Settings, long: int) -> bool:
@@ -655,7 +661,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     macs, per_epoch = costs["macs"], steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
     journal, emit, run = journaled(on_event, resume, s)  # every finished phase, what a resumed run replays
     finished = lambda: [Phase(**record) for record, _ in journal if record["name"] != "baseline"]
-    emit({"event": "start", "macs": macs, "last": last})
+    emit({"event": "start", "macs": macs, "params": costs["params"], "last": last})
     weights = {}
 
     def train(phase: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator, **rule) -> dict:
@@ -672,9 +678,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
                   continuing: bool) -> Phase:
         """§III-D: train depth d on until it converges; returns the fine-tune phase."""
         if schedule and (searched.best_val >= goal or searched.name == "relook"):
-            # fast, a look that already met the target (or a second look that points to it): its weights go on
-            # through one more one-cycle (a warm restart) until the depth has made a long look's passes, instead
-            # of a long look started over; kept only if validation improves
+            # fast, a look that met the target (or a second look that points to it) goes on through one more
+            # one-cycle (a warm restart) to a long look's passes, not started over; kept only if validation improves
             long = schedule_epochs(Phase("finetune", d, 0), s, per_epoch)
             if long == searched.budget:
                 return searched  # it has had a long look's passes already
@@ -682,9 +687,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
             optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
         elif schedule:  # fast, a near miss: the long schedule, from the warm-up weights like the short look
-            lr = start(net, d, False, warm, s)
-            phase = Phase("finetune", d, lr)
-            optimizer, generator = sgd(net.parameters_at(d), lr, s), shuffler(s, phase)
+            phase = Phase("finetune", d, start(net, d, False, warm, s))
+            optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
         else:  # same optimizer; a phase a rule stopped before it converged is continued with its counters
             phase = Phase("finetune", d, optimizer.param_groups[0]["lr"], best_val=searched.best_val,
                           since_best=searched.since_best if continuing else 0)
@@ -693,17 +697,18 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         return phase
 
     # §III-C: train the shallowest depth until it stops; below target → one more block
-    reached, tuned, gain = False, {}, None
+    reached, tuned, gain, straight = False, {}, None, False
     for d in range(s.start_depth, last + 1):
-        lr = start(net, d, d == s.start_depth, warm, s)
-        optimizer = sgd(net.parameters_at(d), lr, s)
-        phase = Phase("search", d, lr)
-        generator = shuffler(s, phase)
-        weights[d] = train(phase, optimizer, generator, stop=stop, schedule=schedule)
-        reached, promising, looked = phase.best_val >= goal, schedule and within_reach(phase, s, gain), phase
+        phase = Phase("search", d, start(net, d, d == s.start_depth, warm, s))
+        optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
+        if straight:  # fast: the depth before missed its long look narrowly, so by the rule's own arithmetic
+            reached, promising, looked = False, True, phase  # this one is within reach: a short look would only
+        else:  # be thrown away (a near miss's long look starts over), so it gets its long look at once
+            weights[d] = train(phase, optimizer, generator, stop=stop, schedule=schedule)
+            reached, promising, looked = phase.best_val >= goal, schedule and within_reach(phase, s, gain), phase
         if schedule and s.relook and not (reached or promising) and phase.budget > s.short_epochs:
-            # a short look stretched to `min_steps` is still few steps (small data): one more as long, from its
-            # weights, shows whether the depth lacks training or capacity
+            # small data: a look stretched to `min_steps` is still few steps; one more, from its weights, tells
+            # whether the depth lacks training or capacity
             looked = Phase("relook", d, s.peak_lr, best_val=phase.best_val, budget=phase.budget)
             net.load_state_at(d, weights[d])
             weights[d] = train(looked, sgd(net.parameters_at(d), looked.lr, s), shuffler(s, looked), stop=stop,
@@ -715,11 +720,11 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured
-                gain = min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
+                gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal
+                straight = not reached and 1 - tuned[d].best_val <= s.reach_slack * (1 - goal)
         if reached:
             break  # §III-D: the first depth that meets the target, already fine-tuned
-        # below the target: depth d is rejected, and the next pass adds block d + 1
 
     phases = finished()
     if not reached:  # the target is out of reach: fine-tune the best depth tried
@@ -730,8 +735,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             optimizer = sgd(net.parameters_at(d), optimizer.param_groups[0]["lr"], s)
         if d not in tuned:
             tuned[d] = fine_tune(d, best, optimizer, generator, continuing)
-    # fast: the answer trains on from its best weights at a tenth of the peak LR falling to zero (a long look
-    # at full scale ends while validation still rises); kept only if validation improves
+    # fast: the answer trains on at a tenth of the peak LR falling to zero (a long look at full scale ends while
+    # validation still rises); kept only if validation improves
     phase = anneal_phase(d, tuned[d].best_val, s, per_epoch)
     if schedule and phase.budget:
         weights[d] = run(phase, lambda live: anneal(net, phase, weights[d], data, s, macs[d - 1], emit, live))
@@ -741,8 +746,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
 
 
 def prepare(net: DepthNet, data: Data, s: Settings) -> dict[str, list[int]]:
-    """Before Algorithm 1: check the settings, put the network on its device (memory format, compiled when
-    asked) and count every depth's parameters and multiply-adds."""
+    """Before Algorithm 1: check the settings, place the network (device, memory format, compiled when asked)
+    and count every depth's parameters and multiply-adds."""
     s.check(net.max_depth)
     torch.manual_seed(s.seed)
     net.to(data.training_device).eval()  # eval: batch-norm cannot count a batch of one in training mode
@@ -756,9 +761,8 @@ def prepare(net: DepthNet, data: Data, s: Settings) -> dict[str, list[int]]:
 
 
 def journaled(on_event: Callable[[dict], object] | None, resume: dict | None, s: Settings):
-    """The search's journal of finished phases (record, weights), its `emit` (a checkpoint also carries the
-    journal) and `run(phase, train)`: train one phase — or, resuming, skip it (finished before) or continue
-    it (the checkpoint's) — and journal it."""
+    """The search's journal of finished phases (record, weights), its `emit` (a checkpoint carries the journal)
+    and `run(phase, train)`: train one phase (resuming: skip it if finished, or continue it), and journal it."""
     journal: list = []
 
     def emit(record: dict):
@@ -770,8 +774,7 @@ def journaled(on_event: Callable[[dict], object] | None, resume: dict | None, s:
         i = len(journal)
         if resume and i < resume["index"]:
             record, state = resume["journal"][i]
-            for key, value in record.items():
-                setattr(phase, key, value)
+            vars(phase).update(record)
         else:
             state = train(resume if resume and i == resume["index"] else None)
             emit({"event": "phase", **asdict(phase), "weights": state})
@@ -816,8 +819,7 @@ def snapshot(net: DepthNet, phase: Phase, optimizer: torch.optim.Optimizer, sche
 def restore(state: dict, net: DepthNet, phase: Phase, optimizer: torch.optim.Optimizer, scheduler,
             generator: torch.Generator) -> tuple[dict[str, Tensor] | None, dict | None]:
     """Put a `snapshot` back; returns the phase's best weights and where in its epoch it stopped."""
-    for key, value in state["phase"].items():
-        setattr(phase, key, value)
+    vars(phase).update(state["phase"])
     net.load_state_dict(state["net"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
@@ -836,8 +838,7 @@ def count_params(module: nn.Module) -> int:
 
 
 def size_mb(params: int) -> float:
-    """fp32 size in MB (2^20 bytes)."""
-    return params * 4 / 2**20
+    return params * 4 / 2**20  # fp32, in MB of 2^20 bytes
 
 
 def forward_macs(model: Callable[[Tensor], Tensor], sample: Tensor) -> int:
@@ -878,12 +879,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def save_weights(path: Path, state: dict[str, Tensor], metadata: dict | None = None) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
-
     # safetensors refuses shared or non-contiguous storage: clone each tensor on the CPU
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    from safetensors import SafetensorError
 
     def write(name: str) -> None:
         save_file(tensors, name, metadata=text)
@@ -962,7 +962,6 @@ def load(out_dir: str | Path, build: Callable[..., DepthPartitionable] | None = 
         raise ValueError(f"cannot load a network from {out_dir}: odn.safetensors does not fit the network in "
                          f"odn.json ({problem})") from None
     return model.eval()
-
 
 
 def sibling(name: str):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 import odn
 from odn import (CHECKPOINT, STRATEGIES, Data, DepthNet, Interrupted, Phase, Result, Settings, accuracy,
                  atomic_write, batches, extract, normalise, rank_and_world, save, save_json, save_weights,
-                 schedule_epochs, steps_per_epoch, train_epoch)
+                 schedule_epochs, steps_per_epoch, train_epoch, warmup_images)
 
 # ----------------------------------------------------------------------------------------------
 # speed: bf16 autocast and channels-last are timed on the machine at hand, once, and remembered
@@ -298,9 +298,17 @@ def search_plan(s: Settings, start: dict, images: int) -> dict | None:
         return None  # the plateau rule's phases have no length known in advance
     per_epoch = steps_per_epoch(images, s.batch_size, rank_and_world()[1])
     epochs = lambda name: schedule_epochs(Phase(name, 1, 0), s, per_epoch)
-    return {"macs": start["macs"], "start": s.start_depth, "last": start["last"], "goal": s.target - s.tolerance,
-            "warmup_epochs": s.warmup_epochs, "short": epochs("search"), "long": epochs("finetune"),
-            "anneal": epochs("anneal")}
+    return {"macs": start["macs"], "params": start.get("params", start["macs"]), "start": s.start_depth, "last": start["last"], "goal": s.target - s.tolerance,
+            "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
+            "short": epochs("search"), "long": epochs("finetune"), "anneal": epochs("anneal"),
+            "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior}
+
+
+def seconds_per_mac(plan: dict, epoch: dict) -> float:
+    """Seconds a training epoch takes per forward multiply-add of its depth, from the latest `epoch` event (a
+    warm-up epoch is one pass at its depth, feeding every head, over the warm-up's share of the images)."""
+    share = plan.get("warmup_share", 1.0) if epoch["phase"] == "warmup" else 1.0
+    return epoch["seconds"] / (plan["macs"][epoch["depth"] - 1] * share)
 
 
 def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
@@ -308,12 +316,11 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     after the warm-up, is the answer) and at most (every depth up to the last fails), from a `plan` event
     and the latest `epoch` event: its measured epoch time, scaled by multiply-adds to the other depths."""
     macs, d, short, long = plan["macs"], epoch["depth"], plan["short"], plan["long"]
-    per_mac = epoch["seconds"] / macs[d - 1]  # a warm-up epoch is one pass at its depth, feeding every head
     this_phase = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
     tries = (short + long) * sum(macs[plan["start"] - 1:plan["last"]])
     anneal = plan.get("anneal", 0)
     if epoch["phase"] == "warmup":  # least: the first depth's short look meets the target, then its top-ups
-        least = most = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1]
+        least = most = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1] * plan.get("warmup_share", 1.0)
         least += (long + anneal) * macs[plan["start"] - 1]
         most += tries + anneal * macs[plan["last"] - 1]  # the anneal at the deepest depth, at most
     elif epoch["phase"] == "anneal":
@@ -325,7 +332,81 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     else:  # a short look: a hit goes on for the rest of a long look's passes; a near miss has a whole long look
         least = this_phase + (long - short + anneal) * macs[d - 1]
         most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
+    per_mac = seconds_per_mac(plan, epoch)
     return least * per_mac, most * per_mac
+
+
+SCALING_PRIOR = 0.5  # error ∝ params^−α until two depths are read (a common scaling-law exponent; fitted after)
+
+
+def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
+    """Seconds the search will most likely still take (`fast`): `fast`'s own rules replayed on the readings
+    it has not made yet. Short-look errors follow a power of the parameters, e ∝ params^−α, through the latest
+    depth read (α fitted to the depths read, `SCALING_PRIOR` while only one is); a long look's error is its
+    short look's × the gain measured (`gain_prior` before one is). `seen` holds the readings of finished phases:
+    {"search": {depth: accuracy}, "finetune": {depth: accuracy}}."""
+    macs, params, goal_error, short, long = plan["macs"], plan["params"], 1 - plan["goal"], plan["short"], plan["long"]
+    d, name, anneal = epoch["depth"], epoch["phase"], plan.get("anneal", 0)
+    looked, longs = dict(seen.get("search", {})), dict(seen.get("finetune", {}))
+    gains = [(1 - longs[k]) / (1 - looked[k]) for k in longs if k in looked and looked[k] < 1]
+    gain = min(gains) if gains else plan.get("gain_prior", 0.8)
+
+    def short_error(depth: int) -> float:
+        read = sorted(k for k in looked if k < depth and looked[k] < 1)
+        if not read:  # nothing read yet: this depth's latest reading stands for its short look
+            return 1 - epoch.get("val_acc", 0.0)
+        alpha = SCALING_PRIOR
+        if len(read) >= 2:  # least squares on log error against log params
+            xs, ys = [math.log(params[k - 1]) for k in read], [math.log(1 - looked[k]) for k in read]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            spread = sum((x - mx) ** 2 for x in xs)
+            alpha = min(2.0, max(0.0, -sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread)) if spread else alpha
+        return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -alpha
+
+    cost, remaining = 0.0, (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
+    if name == "warmup":
+        remaining *= plan.get("warmup_share", 1.0)
+        first, straight = plan["start"], False
+    elif name == "anneal":
+        return remaining * seconds_per_mac(plan, epoch)
+    elif name == "finetune":  # a long look (or a hit's top-up): its outcome
+        error = 1 - epoch["best_val"] if epoch["epoch"] >= epoch["budget"] else \
+            (1 - looked[d]) * gain if d in looked else short_error(d) * gain
+        if min(error, 1 - epoch["best_val"]) <= goal_error:
+            return (remaining + anneal * macs[d - 1]) * seconds_per_mac(plan, epoch)
+        first, straight = d + 1, error <= plan.get("reach_slack", 1.3) * goal_error
+    else:  # a short look: its end reading, predicted unless this is its last epoch
+        error = 1 - epoch["best_val"] if epoch["epoch"] >= epoch["budget"] else short_error(d)
+        looked[d] = 1 - error
+        first, straight = d, False
+        cost -= short * macs[d - 1]  # the loop counts depth d's whole short look; `remaining` is what is left
+    for depth in range(first, plan["last"] + 1):
+        m = macs[depth - 1]
+        if straight:  # the long look at once, as `odn.search` does after a narrow miss
+            error = short_error(depth) * gain
+            cost += long * m
+        else:
+            error = 1 - looked[depth] if depth in looked else short_error(depth)
+            looked[depth] = 1 - error
+            cost += short * m
+            if error <= goal_error:  # a hit: the rest of a long look's passes, then the anneal
+                return (remaining + cost + (long - short + anneal) * m) * seconds_per_mac(plan, epoch)
+            if error > plan.get("reach", 2.0) * goal_error or error * gain > plan.get("reach_slack", 1.3) * goal_error:
+                continue  # out of reach: rejected on its short look
+            error *= gain
+            cost += long * m
+        if error <= goal_error:
+            return (remaining + cost + anneal * m) * seconds_per_mac(plan, epoch)
+        straight = error <= plan.get("reach_slack", 1.3) * goal_error
+    return (remaining + cost + anneal * macs[plan["last"] - 1]) * seconds_per_mac(plan, epoch)
+
+
+def evidence(resume: dict | None) -> dict:
+    """The readings `search_forecast` starts from: none for a new run, a resumed run's finished phases."""
+    seen: dict = {}
+    for record, _ in (resume or {}).get("journal", []):
+        seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
+    return seen
 
 
 def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, facts: dict, console,
@@ -356,7 +437,9 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
     images = len(data.train[1])
-    clock = {"epoch": time.perf_counter(), "said": time.perf_counter(), "seen": 0, "name": "warm-up"}
+    clock = {"epoch": time.perf_counter(), "said": time.perf_counter(), "seen": 0, "name": "warm-up",
+             "images": images if resume and resume.get("journal") else warmup_images(s, images)}
+    seen = evidence(resume)  # what the forecast of the time left reads from
 
     def on_event(record: dict) -> None:
         now = time.perf_counter()
@@ -369,7 +452,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             progress.advance(task, record["images"])
             clock["seen"] += record["images"]
             if not live and now - clock["said"] >= 60:  # a heartbeat inside long epochs
-                done = clock["seen"] / images
+                done = clock["seen"] / clock["images"]
                 eta = (now - clock["epoch"]) * (1 - done) / max(done, 1e-9)
                 console.print(f"  {clock['name']}: {done:.0%} of the epoch, {clock['seen'] / (now - clock['epoch']):.0f} "
                               f"img/s, epoch eta {duration(eta)}", highlight=False)
@@ -392,8 +475,10 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             since = f" best {record['best_val']:.4f} · {record['since_best']}/{s.patience} w/o gain" \
                 if "best_val" in record and not record.get("budget") else ""
             if clock.get("plan") and record["phase"] in ("warmup", "search", "finetune", "anneal") and record.get("seconds"):
-                least, most = (duration(left) for left in search_left(clock["plan"], record))
-                phase_eta += f" · search {least} left" if least == most else f" · search ≥ {least}, ≤ {most} left"
+                least, most = search_left(clock["plan"], record)
+                likely = min(max(search_forecast(clock["plan"], seen, record), least), most)
+                phase_eta += f" · search {duration(least)} left" if least == most else \
+                    f" · search ≈ {duration(likely)} left (≥ {duration(least)}, ≤ {duration(most)})"
             name = f"{record['phase']} d={record['depth']}"
             status = f"lr {record['lr']:.2g} loss {record['loss']:.3f} val {record['val_acc']:.4f}{since}{phase_eta}"
             if live:
@@ -403,6 +488,8 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             clock.update(epoch=now, said=now, seen=0, name=f"{name} ep {record['epoch'] + 1}")
             return
         weights = record.pop("weights")
+        seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
+        clock["images"] = images
         console.print(f"{record['name']:>8} depth {record['depth']}: best val {record['best_val']:.4f} "
                       f"after {record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}, "
                       f"{record['seconds']:.0f} s", highlight=False)

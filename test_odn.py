@@ -328,8 +328,8 @@ def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
     """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
     lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.93, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1)
-    # 10 % of the labels flipped: no depth passes 90 %, so depth 1 is a near miss (error ≤ 2 × 7 %)
+                     max_depth=2, min_steps=1, reach_slack=2.0)
+    # 10 % of the labels flipped: no depth passes 90 %, so depth 1 is a near miss (error ≤ 2 × 7 %, and × 0.8)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False, noise=0.1), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases][:3] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 4)]
@@ -453,12 +453,12 @@ def test_an_anneal_that_does_not_beat_the_fine_tune_changes_nothing(monkeypatch)
 def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkeypatch):
     """After a long look, the gain it measured (long-look error ÷ short-look error) predicts the next
     near miss: a depth predicted to stay above the target's error × reach_slack gets no long look."""
-    readings = {("search", 1): 0.90, ("finetune", 1): 0.92, ("search", 2): 0.91, ("search", 3): 0.935,
+    readings = {("search", 1): 0.92, ("finetune", 1): 0.93, ("search", 2): 0.92, ("search", 3): 0.935,
                 ("finetune", 3): 0.952, ("finetune", 2): 0.93}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
-    # target error 5 %, reach 2 → depths 1–3 are all near misses on their short looks (≤ 10 % error).
-    # Depth 1's long look took the error from 10 % to 8 % (gain 0.8): depth 2 is predicted at
-    # 9 % × 0.8 = 7.2 % > 1.3 × 5 %: no long look; depth 3 at 6.5 % × 0.8 = 5.2 % ≤ 6.5 %: long look.
+    # target error 5 %: depth 1 (8 % × gain_prior 0.8 = 6.4 % ≤ 1.3 × 5 %) gets a long look, which takes the
+    # error to 7 % (gain 0.875, a wide miss): depth 2 is predicted at 8 % × 0.875 = 7 % > 6.5 %: no long look;
+    # depth 3 at 6.5 % × 0.875 = 5.7 % ≤ 6.5 %: long look.
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][1:] == [
@@ -468,6 +468,56 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert ("finetune", 2) in [(p.name, p.depth) for p in result.phases] and result.depth == 3
+    # before any long look, `gain_prior` stands in for the gain: at 0.9, depth 1 (8 % × 0.9 = 7.2 % > 6.5 %)
+    # is rejected on its short look, though within `reach` (8 % ≤ 2 × 5 %)
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0, gain_prior=0.9)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.name, p.depth) for p in result.phases][1:3] == [("search", 1), ("search", 2)]
+
+
+def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypatch):
+    """A long look that misses by little (error ≤ reach_slack × the target's) makes the next depth within reach
+    by the rule's own arithmetic, so its short look could only be thrown away: it gets the long look at once.
+    A wide miss does not: the next depth gets its short look as before."""
+    readings = {("search", 1): 0.80, ("search", 2): 0.92, ("finetune", 2): 0.945, ("search", 3): 0.93,
+                ("finetune", 3): 0.96, ("anneal", 3): 0.965}
+    monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=2)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    # depth 1 out of reach (20 % > 2 × 5 %); depth 2 a near miss whose long look misses narrowly (5.5 % ≤ 6.5 %)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("finetune", 3, 8), ("anneal", 3, 2)]
+    assert result.depth == 3 and result.val_accuracy == 0.965
+    readings["finetune", 2] = 0.93  # a wide miss (7 % > 6.5 %): depth 3 is looked at first, as before
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    assert [(p.name, p.depth) for p in result.phases][3:] == [("finetune", 2), ("search", 3), ("finetune", 3),
+                                                             ("anneal", 3)]
+
+
+def test_fasts_warmup_is_capped_in_steps_and_the_papers_is_not():
+    """`warmup_steps` caps the warm-up (fast: 100 steps, a quarter of an epoch of all of MNIST); the paper's
+    protocol warms up for whole epochs."""
+    assert (odn.Settings().warmup_steps, odn.Settings(strategy="paper").warmup_steps) == (100, 0)
+    s = odn.Settings(target=0.9, strategy="fast", min_steps=1, batch_size=64, warmup_steps=3, short_epochs=1,
+                     long_epochs=1, anneal_epochs=0)
+    data = points_data(xor=False)
+    assert len(data.train[1]) > 3 * 64
+    make = lambda: (torch.manual_seed(0), odn.DepthNet(TinyNet(depth=3), 2))[1]
+    whole = odn.search(make(), data, s)
+    warm = whole.phases[0]
+    assert (warm.name, warm.epochs, warm.images) == ("warmup", 1, 3 * 64)
+    # stopped by a signal at the warm-up's second step and resumed: the same run, bit for bit
+    batches, saved = [], {}
+    on_event = lambda r: saved.update(r) if r["event"] == "checkpoint" else \
+        (batches.append(r) or len(batches) == 2) if r["event"] == "batch" else None
+    with pytest.raises(odn.Interrupted):
+        odn.search(make(), data, s, on_event)
+    assert saved["position"]["next"] == 2 * 64 and len(saved["position"]["order"]) == 3 * 64
+    resumed = odn.search(make(), data, s, resume={k: v for k, v in saved.items() if k != "event"})
+    assert [p.best_val for p in resumed.phases] == [p.best_val for p in whole.phases]
+    assert all(torch.equal(resumed.weights[whole.depth][k], v) for k, v in whole.weights[whole.depth].items())
+    assert odn.warmup_images(dataclasses.replace(s, warmup_epochs=2), 1000) == 2 * 64  # the cap spread over epochs
+    assert odn.warmup_images(dataclasses.replace(s, warmup_steps=0), 1000) == 1000
 
 
 def test_a_stretched_short_look_that_misses_far_gets_a_second_look_that_can_accept_the_depth(monkeypatch):
@@ -569,7 +619,8 @@ def test_search_opens_with_a_start_event_and_counts_every_depths_cost():
     events = []
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False),
                         odn.Settings(target=0.95, strategy="paper", max_depth=2, **QUICK), on_event=events.append)
-    assert events[0] == {"event": "start", "macs": [4, 2 * 32 + 32 * 2, 2 * 32 + 32 * 32 + 32 * 2], "last": 2}
+    assert events[0] == {"event": "start", "macs": [4, 2 * 32 + 32 * 2, 2 * 32 + 32 * 32 + 32 * 2],
+                         "params": result.params, "last": 2}
     assert result.macs == events[0]["macs"]
     # depth 1: head 2→2 (+2 biases); depth 2: hidden 2→32 and head 32→2; depth 3: one more 32→32 layer
     assert result.params == [6, 96 + 66, 96 + 1056 + 66]
@@ -676,10 +727,10 @@ def test_a_search_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_
     timeless = lambda result: [{k: v for k, v in dataclasses.asdict(p).items() if k != "seconds"}
                                for p in result.phases]
     assert timeless(resumed) == timeless(whole)
-    # stopped inside depth 2's short look (epoch 4, batch 30) or depth 3's (epoch 9); depth 2 wins in the end
+    # stopped inside depth 2's short look (epoch 4, batch 30) or depth 3's long look (epoch 9: depth 2 missed
+    # its long look narrowly, so depth 3 has no short look); depth 2 wins in the end
     assert [(p.name, p.depth, p.epochs) for p in whole.phases] == [
-        ("warmup", 3, 1), ("search", 1, 2), ("search", 2, 2), ("finetune", 2, 3), ("search", 3, 2), ("finetune", 3, 3),
-        ("anneal", 2, 2)]
+        ("warmup", 3, 1), ("search", 1, 2), ("search", 2, 2), ("finetune", 2, 3), ("finetune", 3, 3), ("anneal", 2, 2)]
     assert (resumed.depth, resumed.val_accuracy) == (whole.depth, whole.val_accuracy)
     assert all(torch.equal(resumed.weights[whole.depth][k], v) for k, v in whole.weights[whole.depth].items())
 
@@ -1131,6 +1182,30 @@ def test_the_search_estimate_spans_this_depth_meeting_the_target_to_every_depth_
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * (7 + 2) * 2, 5 * (7 + 2) * 2)
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.5}) == (5 * (7 + 2) * 2, 5 * (7 * 2 + (3 + 8) * 4 + 2 * 4))
     assert odn_cli.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == (5 * 1 * 2, 5 * 1 * 2)
+
+
+def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_the_parameters():
+    """The progress line's likely time left: a depth's short-look error is the latest reading × (params ratio)^−α
+    (α = 0.5 until two depths are read, then fitted); a long look multiplies it by the measured gain (or
+    `gain_prior`); `fast`'s rules then decide, as the search will."""
+    plan = {"macs": [1, 2, 4, 8], "params": [1, 4, 16, 64], "start": 1, "last": 4, "goal": 0.95, "warmup_epochs": 1,
+            "short": 3, "long": 8, "anneal": 2, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8}
+    done = {"phase": "search", "depth": 1, "epoch": 3, "budget": 3, "seconds": 10.0, "best_val": 0.88}
+    # depth 1 misses out of reach (12 % > 10 %); depth 2 predicted at 12 % × 4^−0.5 = 6 %: a near miss whose
+    # long look reads 4.8 %, a hit: depth 2's short look, long look and anneal, 10 s per multiply-add unit
+    assert odn_cli.search_forecast(plan, {"search": {1: 0.88}}, done) == pytest.approx(10 * (3 + 8 + 2) * 2)
+    # depth 1's long look missed narrowly (6 % ≤ 1.3 × 5 %, gain 0.5): depth 2 gets its long look at once,
+    # predicted at 12 % × 0.5 × 0.5 = 3 %, a hit; then its anneal
+    seen = {"search": {1: 0.88}, "finetune": {1: 0.94}}
+    done_long = {**done, "phase": "finetune", "epoch": 8, "budget": 8, "best_val": 0.94}
+    assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 + 2) * 2)
+    # two depths read with no fall in error between them: α fitted to 0, so every deeper depth is predicted to
+    # miss narrowly — all of them get long looks, then the anneal at the deepest
+    seen = {"search": {1: 0.88, 2: 0.88}, "finetune": {1: 0.94, 2: 0.94}}
+    done_long = {**done_long, "depth": 2, "seconds": 20.0}
+    assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 * (4 + 8) + 2 * 8))
+    # in the anneal only its own epochs are left
+    assert odn_cli.search_forecast(plan, {}, {**done, "phase": "anneal", "epoch": 1, "budget": 2}) == 10
 
 
 @slow

@@ -298,8 +298,8 @@ def search_plan(s: Settings, start: dict, images: int) -> dict | None:
         return None  # the plateau rule's phases have no length known in advance
     per_epoch = steps_per_epoch(images, s.batch_size, rank_and_world()[1])
     epochs = lambda name: schedule_epochs(Phase(name, 1, 0), s, per_epoch)
-    return {"macs": start["macs"], "params": start.get("params", start["macs"]), "start": s.start_depth, "last": start["last"], "goal": s.target - s.tolerance,
-            "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
+    return {"macs": start["macs"], "params": start["params"], "start": s.start_depth, "last": start["last"],
+            "goal": s.target - s.tolerance, "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
             "short": epochs("search"), "long": epochs("finetune"), "anneal": epochs("anneal"),
             "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior}
 

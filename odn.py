@@ -159,8 +159,7 @@ def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.Generator | None = None,
-            memory_format: torch.memory_format = torch.contiguous_format, order: Tensor | None = None,
-            first: int = 0):
+            memory_format: torch.memory_format = torch.contiguous_format, order: Tensor | None = None, first: int = 0):
     """Yield normalised (x, y) batches; shuffled when a generator is given (in `order`, from image `first`).
     Under torchrun every rank draws the same order and takes its share of each batch: together the ranks
     train on exactly the batches one process would."""
@@ -664,9 +663,9 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     emit({"event": "start", "macs": macs, "params": costs["params"], "last": last})
     weights = {}
 
-    def train(phase: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator, **rule) -> dict:
+    def train(phase: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
         return run(phase, lambda live: train_phase(net, phase, data, optimizer, s, macs[phase.depth - 1], generator,
-                                                   emit, resume=live, **rule))
+                                                   emit, stop, schedule, live))
 
     baseline = full_depth_baseline(net, data, s, macs, per_epoch, emit, run, weights) if s.baseline else None
 
@@ -693,7 +692,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             phase = Phase("finetune", d, optimizer.param_groups[0]["lr"], best_val=searched.best_val,
                           since_best=searched.since_best if continuing else 0)
             generator = generator if continuing else shuffler(s, phase)
-        weights[d] = train(phase, optimizer, generator, stop=stop, schedule=schedule)
+        weights[d] = train(phase, optimizer, generator)
         return phase
 
     # §III-C: train the shallowest depth until it stops; below target → one more block
@@ -704,21 +703,24 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         if straight:  # fast: the depth before missed its long look narrowly, so by the rule's own arithmetic
             reached, promising, looked = False, True, phase  # this one is within reach: a short look would only
         else:  # be thrown away (a near miss's long look starts over), so it gets its long look at once
-            weights[d] = train(phase, optimizer, generator, stop=stop, schedule=schedule)
+            weights[d] = train(phase, optimizer, generator)
             reached, promising, looked = phase.best_val >= goal, schedule and within_reach(phase, s, gain), phase
         if schedule and s.relook and not (reached or promising) and phase.budget > s.short_epochs:
-            # small data: a look stretched to `min_steps` is still few steps; one more, from its weights, tells
-            # whether the depth lacks training or capacity
+            # small data: a look stretched to `min_steps` is still few steps; one more tells training from capacity
             looked = Phase("relook", d, s.peak_lr, best_val=phase.best_val, budget=phase.budget)
             net.load_state_at(d, weights[d])
-            weights[d] = train(looked, sgd(net.parameters_at(d), looked.lr, s), shuffler(s, looked), stop=stop,
-                               schedule=schedule)
+            weights[d] = train(looked, sgd(net.parameters_at(d), looked.lr, s), shuffler(s, looked))
             looked = dataclasses.replace(looked, budget=phase.budget + looked.budget)  # passes made at depth d
             reached = looked.best_val >= goal
             promising = relook_within_reach(phase, looked, s, schedule_epochs(Phase("finetune", d, 0), s, per_epoch))
         # fast judges a near miss only after the long schedule, which is then also its fine-tune
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
+            if looked.name == "relook" and goal > tuned[d].best_val >= 1 - s.reach_slack * (1 - goal):
+                # a second look's continuation (three warm restarts) can understate the depth trained once: a
+                # narrow miss there gets the long look from the warm-up weights too, and keeps the better
+                kept, again = weights[d], fine_tune(d, phase, optimizer, generator, continuing=False)
+                tuned[d], weights[d] = (again, weights[d]) if again.best_val > tuned[d].best_val else (tuned[d], kept)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured
                 gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal
@@ -735,8 +737,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             optimizer = sgd(net.parameters_at(d), optimizer.param_groups[0]["lr"], s)
         if d not in tuned:
             tuned[d] = fine_tune(d, best, optimizer, generator, continuing)
-    # fast: the answer trains on at a tenth of the peak LR falling to zero (a long look at full scale ends while
-    # validation still rises); kept only if validation improves
+    # fast: the answer trains on at a tenth of the peak LR to zero (validation still rises after a long look)
     phase = anneal_phase(d, tuned[d].best_val, s, per_epoch)
     if schedule and phase.budget:
         weights[d] = run(phase, lambda live: anneal(net, phase, weights[d], data, s, macs[d - 1], emit, live))

@@ -301,7 +301,8 @@ def search_plan(s: Settings, start: dict, images: int) -> dict | None:
     return {"macs": start["macs"], "params": start["params"], "start": s.start_depth, "last": start["last"],
             "goal": s.target - s.tolerance, "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
             "short": epochs("search"), "long": epochs("finetune"), "anneal": epochs("anneal"),
-            "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior}
+            "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior,
+            "relook": s.relook and epochs("search") > s.short_epochs}
 
 
 def seconds_per_mac(plan: dict, epoch: dict) -> float:
@@ -329,6 +330,10 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
         least = this_phase + anneal * macs[d - 1]
         most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
             least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
+    elif epoch["phase"] == "relook":  # a hit or a promising second look goes on to a long look's passes
+        least = this_phase + (long - 2 * short + anneal) * macs[d - 1]
+        most = this_phase + (long - 2 * short) * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + \
+            anneal * macs[plan["last"] - 1]
     else:  # a short look: a hit goes on for the rest of a long look's passes; a near miss has a whole long look
         least = this_phase + (long - short + anneal) * macs[d - 1]
         most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
@@ -337,19 +342,24 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
 
 
 SCALING_PRIOR = 0.5  # error ∝ params^−α until two depths are read (a common scaling-law exponent; fitted after)
+RELOOK_PRIOR = 0.5  # a second look's error ÷ its short look's until one is measured (0.32–0.83 on bench's profiles)
 
 
 def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     """Seconds the search will most likely still take (`fast`): `fast`'s own rules replayed on the readings
     it has not made yet. Short-look errors follow a power of the parameters, e ∝ params^−α, through the latest
     depth read (α fitted to the depths read, `SCALING_PRIOR` while only one is); a long look's error is its
-    short look's × the gain measured (`gain_prior` before one is). `seen` holds the readings of finished phases:
-    {"search": {depth: accuracy}, "finetune": {depth: accuracy}}."""
-    macs, params, goal_error, short, long = plan["macs"], plan["params"], 1 - plan["goal"], plan["short"], plan["long"]
-    d, name, anneal = epoch["depth"], epoch["phase"], plan.get("anneal", 0)
-    looked, longs = dict(seen.get("search", {})), dict(seen.get("finetune", {}))
+    short look's × the gain measured (`gain_prior` before one is); on small data a second look's is its short
+    look's × the ratio last measured (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished
+    phases: {"search" | "relook" | "finetune": {depth: accuracy}}."""
+    macs, params, goal, last = plan["macs"], plan["params"], 1 - plan["goal"], plan["last"]
+    short, long, anneal = plan["short"], plan["long"], plan.get("anneal", 0)
+    reach, slack = plan.get("reach", 2.0), plan.get("reach_slack", 1.3)
+    looked, again, longs = (dict(seen.get(name, {})) for name in ("search", "relook", "finetune"))
     gains = [(1 - longs[k]) / (1 - looked[k]) for k in longs if k in looked and looked[k] < 1]
     gain = min(gains) if gains else plan.get("gain_prior", 0.8)
+    ratios = [(1 - again[k]) / (1 - looked[k]) for k in sorted(again) if k in looked and looked[k] < 1]
+    ratio = ratios[-1] if ratios else RELOOK_PRIOR
 
     def short_error(depth: int) -> float:
         read = sorted(k for k in looked if k < depth and looked[k] < 1)
@@ -363,42 +373,63 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             alpha = min(2.0, max(0.0, -sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread)) if spread else alpha
         return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -alpha
 
-    cost, remaining = 0.0, (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
+    def after_relook(depth: int, error: float) -> float:  # `odn.relook_within_reach`'s curve at the long look
+        before = 1 - looked.get(depth, 1.0)
+        return error * (long / (2 * short)) ** -max(0.0, math.log2(before / error)) if error > 0 else 0.0
+
+    # the phase in training now: what is left of it, and the reading it will end on (measured at its end)
+    d, name, ended = epoch["depth"], epoch["phase"], epoch["epoch"] >= epoch["budget"]
+    cost = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] * (plan.get("warmup_share", 1.0) if name == "warmup" else 1)
+    measured, straight = 1 - epoch.get("best_val", 0.0), False
+    fresh = name == "finetune" and d in again and epoch["budget"] == long  # a continuation's narrow miss's long look
+    if name == "anneal":
+        return cost * seconds_per_mac(plan, epoch)
     if name == "warmup":
-        remaining *= plan.get("warmup_share", 1.0)
-        first, straight = plan["start"], False
-    elif name == "anneal":
-        return remaining * seconds_per_mac(plan, epoch)
-    elif name == "finetune":  # a long look (or a hit's top-up): its outcome
-        error = 1 - epoch["best_val"] if epoch["epoch"] >= epoch["budget"] else \
-            (1 - looked[d]) * gain if d in looked else short_error(d) * gain
-        if min(error, 1 - epoch["best_val"]) <= goal_error:
-            return (remaining + anneal * macs[d - 1]) * seconds_per_mac(plan, epoch)
-        first, straight = d + 1, error <= plan.get("reach_slack", 1.3) * goal_error
-    else:  # a short look: its end reading, predicted unless this is its last epoch
-        error = 1 - epoch["best_val"] if epoch["epoch"] >= epoch["budget"] else short_error(d)
+        stage, d = "next", plan["start"]
+    elif name == "search":
+        stage, error = "short", measured if ended else short_error(d)
         looked[d] = 1 - error
-        first, straight = d, False
-        cost -= short * macs[d - 1]  # the loop counts depth d's whole short look; `remaining` is what is left
-    for depth in range(first, plan["last"] + 1):
-        m = macs[depth - 1]
-        if straight:  # the long look at once, as `odn.search` does after a narrow miss
-            error = short_error(depth) * gain
-            cost += long * m
-        else:
-            error = 1 - looked[depth] if depth in looked else short_error(depth)
-            looked[depth] = 1 - error
-            cost += short * m
-            if error <= goal_error:  # a hit: the rest of a long look's passes, then the anneal
-                return (remaining + cost + (long - short + anneal) * m) * seconds_per_mac(plan, epoch)
-            if error > plan.get("reach", 2.0) * goal_error or error * gain > plan.get("reach_slack", 1.3) * goal_error:
-                continue  # out of reach: rejected on its short look
-            error *= gain
-            cost += long * m
-        if error <= goal_error:
-            return (remaining + cost + anneal * m) * seconds_per_mac(plan, epoch)
-        straight = error <= plan.get("reach_slack", 1.3) * goal_error
-    return (remaining + cost + anneal * macs[plan["last"] - 1]) * seconds_per_mac(plan, epoch)
+    elif name == "relook":
+        stage, error = "relook", measured if ended else (1 - looked[d]) * ratio
+    else:  # a long look, or the rest of one after a hit or a promising second look
+        predicted = after_relook(d, 1 - again[d]) if d in again and not fresh else \
+            (1 - looked[d]) * gain if d in looked else short_error(d) * gain
+        stage, error = "long", measured if ended else min(predicted, measured)
+    while True:  # `odn.search`'s rules, phase by phase, on predicted readings
+        if stage == "next":
+            if d > last:
+                return (cost + anneal * macs[last - 1]) * seconds_per_mac(plan, epoch)
+            if straight:  # the long look at once, after a narrow miss
+                stage, error, cost = "long", short_error(d) * gain, cost + long * macs[d - 1]
+                continue
+            error = 1 - looked[d] if d in looked else short_error(d)
+            looked[d], stage, cost = 1 - error, "short", cost + short * macs[d - 1]
+        m = macs[d - 1]
+        if stage == "short":
+            if error <= goal:  # a hit: the rest of a long look's passes, then the anneal
+                return (cost + (long - short + anneal) * m) * seconds_per_mac(plan, epoch)
+            if error <= reach * goal and error * gain <= slack * goal:  # a near miss: its long look
+                stage, error, cost = "long", error * gain, cost + long * m
+            elif plan.get("relook") and d not in again:  # small data: a second look from the first's weights
+                stage, error, cost = "relook", error * ratio, cost + short * m
+            else:
+                stage, d, straight = "next", d + 1, False
+            continue
+        if stage == "relook":
+            again[d] = 1 - error
+            if error <= goal:
+                return (cost + (long - 2 * short + anneal) * m) * seconds_per_mac(plan, epoch)
+            if after_relook(d, error) <= slack * goal:  # promising: on to a long look's passes
+                stage, error, cost = "long", after_relook(d, error), cost + (long - 2 * short) * m
+            else:
+                stage, d, straight = "next", d + 1, False
+            continue
+        if error <= goal:  # a long look that meets the target: the anneal, and the search ends
+            return (cost + anneal * m) * seconds_per_mac(plan, epoch)
+        if d in again and not fresh and error <= slack * goal:  # a continuation's narrow miss: a long look too
+            fresh, error, cost = True, min(error, (1 - looked.get(d, 1.0)) * gain), cost + long * m
+            continue
+        stage, d, straight, fresh = "next", d + 1, error <= slack * goal, False
 
 
 def evidence(resume: dict | None) -> dict:
@@ -474,7 +505,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
                 phase_eta = f" · ≥ {left} epochs (≥ {duration(left * seconds)}) to converge"
             since = f" best {record['best_val']:.4f} · {record['since_best']}/{s.patience} w/o gain" \
                 if "best_val" in record and not record.get("budget") else ""
-            if clock.get("plan") and record["phase"] in ("warmup", "search", "finetune", "anneal") and record.get("seconds"):
+            if clock.get("plan") and record["phase"] in ("warmup", "search", "relook", "finetune", "anneal") and record.get("seconds"):
                 least, most = search_left(clock["plan"], record)
                 likely = min(max(search_forecast(clock["plan"], seen, record), least), most)
                 phase_eta += f" · search {duration(least)} left" if least == most else \

@@ -397,13 +397,19 @@ def test_anneal_trains_the_chosen_depth_on_at_a_tenth_of_the_peak_falling_to_zer
 
 
 def scripted_training(readings: dict):
-    """A stand-in for `train_phase` whose validation accuracy is read from `readings[phase, depth]`."""
+    """A stand-in for `train_phase` whose validation accuracy is read from `readings[phase, depth]` (a list: one
+    reading for each time that phase runs at that depth)."""
+    runs: dict = {}
+
     def scripted(net, phase, data, optimizer, s, macs, generator, emit, stop=None, schedule=None, resume=None):
         phase.budget = phase.budget or odn.schedule_epochs(phase, s, odn.steps_per_epoch(len(data.train[1]),
                                                                                          s.batch_size))
+        key = phase.name, phase.depth
+        reading = readings[key][runs.get(key, 0)] if isinstance(readings[key], list) else readings[key]
+        runs[key] = runs.get(key, 0) + 1
         while not stop(phase, s):
             phase.epochs += 1
-            odn.plateau_step(phase, readings[phase.name, phase.depth], s)
+            odn.plateau_step(phase, reading, s)
         return net.state_at(phase.depth)
     return scripted
 
@@ -548,6 +554,32 @@ def test_a_stretched_short_look_that_misses_far_gets_a_second_look_that_can_acce
     assert "relook" not in [p.name for p in result.phases]
 
 
+def test_a_second_looks_continuation_that_misses_narrowly_gets_a_long_look_from_the_warm_up_weights(monkeypatch):
+    """Three warm restarts (short look, second look, continuation) can read lower than the depth trained once
+    (held-out WRN-40-2 on MNIST: 94.7 % against 95.9 % alone, target 95 %). A continuation that misses narrowly
+    (error ≤ reach_slack × the target's) gets the long look from the warm-up weights before the next depth;
+    the better of the two stands. A wide miss goes on to the next depth as before."""
+    def run(continuation: float, again: float):
+        readings = {("search", 1): 0.50, ("relook", 1): 0.90, ("finetune", 1): [continuation, again],
+                    ("search", 2): 0.99, ("finetune", 2): 0.97}
+        monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
+        s = odn.Settings(target=0.95, strategy="fast", anneal_epochs=0)  # 512 images: looks of 25 and 67 epochs
+        return odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    # 10 % after 50 passes points to 5.1 % by 67: promising; the continuation's 6 % is a narrow miss (≤ 6.5 %)
+    result = run(continuation=0.94, again=0.96)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("warmup", 3, 1), ("search", 1, 25), ("relook", 1, 25), ("finetune", 1, 17), ("finetune", 1, 67)]
+    assert result.depth == 1 and result.target_reached and result.val_accuracy == 0.96
+    # the fresh long look misses too: depth 2 gets its long look at once (the narrow miss's rule)
+    result = run(continuation=0.94, again=0.935)
+    assert [(p.name, p.depth) for p in result.phases][-2:] == [("finetune", 1), ("finetune", 2)]
+    assert result.depth == 2 and result.val_accuracy == 0.97
+    # a wide miss (8 % > 6.5 %): no second long look, depth 2's short look as before
+    result = run(continuation=0.92, again=0.99)
+    assert [(p.name, p.depth) for p in result.phases][3:] == [("finetune", 1), ("search", 2), ("finetune", 2)]
+    assert result.depth == 2
+
+
 def test_relook_extrapolates_the_error_as_a_power_of_the_passes():
     """Error 20 % after 50 passes, 10 % after 100: α = 1, so 5 % at 200 passes. Within reach when that meets the
     target's error × reach_slack (1.3 × 5 % = 6.5 %) by the long look's passes."""
@@ -680,19 +712,21 @@ def test_bf16_autocast_and_channels_last_train_the_same_search():
     channels-last holds the weights in that format, bf16 rounds differently from fp32."""
     d = datasets.load("digits")
     data = odn.Data(d.train, d.val, d.test, d.mean, d.std)
-    runs = {}
+    runs, weights = {}, {}
     for flag in ("amp", "channels_last"):
         torch.manual_seed(0)
         net = odn.DepthNet(TinyConv(16), 10)
         runs[flag] = odn.search(net, data, odn.Settings(target=0.42, strategy="paper", warmup_epochs=1, max_epochs=3,
                                                          max_depth=2, lr=0.1, **{flag: True}))
         assert net.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last) == (flag == "channels_last")
+        weights[flag] = net.state_dict()
     for result in runs.values():
         assert result.depth == 2 and result.target_reached
         assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
             ("warmup", 2, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 3)]
-    curves = {flag: [p.val_curve for p in result.phases] for flag, result in runs.items()}
-    assert curves["amp"] != curves["channels_last"]  # bf16 really ran
+    # bf16 really ran: its rounding moves the weights (the accuracies on 90 images can still agree, as on a
+    # Xeon with AMX, where both runs read the same curve)
+    assert any(not torch.equal(weights["amp"][k], weights["channels_last"][k]) for k in weights["amp"])
 
 
 class Stop(Exception):
@@ -1206,6 +1240,31 @@ def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_th
     assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 * (4 + 8) + 2 * 8))
     # in the anneal only its own epochs are left
     assert odn_cli.search_forecast(plan, {}, {**done, "phase": "anneal", "epoch": 1, "budget": 2}) == 10
+
+
+def test_the_forecast_replays_the_second_look_on_small_data():
+    """Small data (a short look stretched to `min_steps`): a depth out of reach gets a second look, predicted at
+    its short look's error × the ratio last measured (`RELOOK_PRIOR` before one is); a second look that meets
+    the target goes on to a long look's passes, and one whose curve misses by far hands over to the next depth."""
+    plan = {"macs": [1, 2, 4], "params": [1, 4, 16], "start": 1, "last": 3, "goal": 0.90, "warmup_epochs": 1,
+            "short": 7, "long": 19, "anneal": 0, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8, "relook": True}
+    done = {"phase": "search", "depth": 1, "epoch": 7, "budget": 7, "seconds": 10.0, "best_val": 0.82}
+    # 18 % > 1.3 × 10 % ÷ 0.8: out of reach; the second look reads 18 % × 0.5 = 9 %, a hit: its 7 epochs, then
+    # the rest of a long look's 19 passes (19 − 2 × 7), 10 s per multiply-add unit at depth 1
+    assert odn_cli.RELOOK_PRIOR == 0.5
+    assert odn_cli.search_forecast(plan, {"search": {1: 0.82}}, done) == pytest.approx(10 * (7 + 5))
+    # the second look half done, its end predicted the same way: the 3.5 epochs left and the 5 after it
+    halfway = {**done, "phase": "relook", "epoch": 3.5, "best_val": 0.84}
+    assert odn_cli.search_forecast(plan, {"search": {1: 0.82}}, halfway) == pytest.approx(10 * (3.5 + 5))
+    # measured: depth 1's second look fell only from 18 % to 17 % (curve at 19 passes ≈ 16.7 % ≫ 13 %), so depth 2
+    # is predicted at 18 % × 4^−0.5 = 9 % on its short look, a hit: 7 + 12 epochs at depth 2 (2 units each)
+    seen = {"search": {1: 0.82}, "relook": {1: 0.83}}
+    ended = {**done, "phase": "relook", "best_val": 0.83}
+    assert odn_cli.search_forecast(plan, seen, ended) == pytest.approx(10 * 2 * (7 + 12))
+    # the plan knows the second look is there only where the short look was stretched
+    s = odn.Settings(target=0.9)
+    start = {"macs": [1], "params": [1], "last": 1}
+    assert odn_cli.search_plan(s, start, 1_000)["relook"] and not odn_cli.search_plan(s, start, 60_000)["relook"]
 
 
 @slow

@@ -69,6 +69,14 @@ PROFILES = {
     "fashion_3k": dict(arch="resnet18", data="fashion_mnist", target=0.83, train=3000, val=1000,
                        settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     "digits34": dict(arch="resnet34", data="digits", target=0.97, train=0, val=0, settings=dict()),
+    # held out, frozen 2026-12-02 (third session) before they first ran, after a second look's continuation that
+    # misses narrowly got its long look from the warm-up weights (the fix for mnist_wrn, which no longer counts)
+    "fashion_wrn": dict(arch="wrn16_4", data="fashion_mnist", target=0.80, train=2000, val=1000,
+                        settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
+    "mnist34_3k": dict(arch="resnet34", data="mnist", target=0.95, train=3000, val=1000,
+                       settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
+    "mnist_mbv2_1k": dict(arch="mobilenetv2_100", data="mnist", target=0.85, train=1000, val=1000,
+                          settings=dict(warmup_epochs=1, patience=6, lr_patience=2, amp=None, channels_last=None)),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),

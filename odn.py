@@ -186,10 +186,8 @@ def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.
 @torch.inference_mode()
 def accuracy(model: Callable[[Tensor], Tensor], split: tuple[Tensor, Tensor], data: Data,
              batch_size: int = 1000) -> float | list[float]:
-    """Exact fraction correct (the reference rounded to 0.1 pt); one per head for stacked logits (heads, batch,
-    classes)."""
-    x, y = split
-    rank, world = rank_and_world()
+    """Exact fraction correct (the reference rounded to 0.1 pt); one per head for stacked logits (heads, batch, …)."""
+    (x, y), (rank, world) = split, rank_and_world()
     part = slice(rank * len(y) // world, (rank + 1) * len(y) // world)  # each rank counts its share
     correct = 0
     for xb, yb in batches(x[part], y[part], batch_size, data):
@@ -311,7 +309,7 @@ class Settings:
     after every 5 epochs without a new best, converged after 23)."""
     target: float = 0.98
     strategy: str = "fast"
-    warmup_epochs: int | None = None  # None: the strategy's own (fast 1, paper and the rest 3)
+    warmup_epochs: int | None = None  # None: the strategy's own (fast 0, none: see `restart_at_peak`; the rest 3)
     warmup_lr: float | None = None  # None: the strategy's own (fast 0.01, the rest 0.001)
     warmup_steps: int | None = None  # the warm-up's most steps; None: the strategy's own (fast 100, the rest no cap)
     lr: float = 0.01
@@ -343,7 +341,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         fast = self.strategy == "fast"
-        self.warmup_epochs = (1 if fast else 3) if self.warmup_epochs is None else self.warmup_epochs
+        self.warmup_epochs = (0 if fast else 3) if self.warmup_epochs is None else self.warmup_epochs
         self.warmup_lr = (0.01 if fast else 0.001) if self.warmup_lr is None else self.warmup_lr
         self.warmup_steps = (100 if fast else 0) if self.warmup_steps is None else self.warmup_steps
 
@@ -565,7 +563,8 @@ def converged(phase: Phase, s: Settings) -> bool:
 
 
 def restart_at_peak(net: DepthNet, depth: int, first: bool, warm: dict[str, Tensor], s: Settings) -> float:
-    """`fast`: every depth starts from the warm-up weights, as in the paper, at the one-cycle peak LR."""
+    """`fast`: every depth starts from the warm-up weights at the one-cycle peak LR, 20 × the warm-up's; it erases
+    what a warm-up taught, so `fast` has none: its looks start from the initial weights, as the oracle's do."""
     net.load_state_dict(warm)
     return s.peak_lr
 
@@ -669,9 +668,10 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
 
     baseline = full_depth_baseline(net, data, s, macs, per_epoch, emit, run, weights) if s.baseline else None
 
-    # §III-B: warm up all depths at once, keep the weights for every expansion
+    # §III-B: warm up all depths at once, keep the weights for every expansion (fast: none, the initial weights)
     phase = Phase("warmup", last, s.warmup_lr)
-    warm = run(phase, lambda live: warmup(net, phase, data, s, macs, shuffler(s, phase), emit, live))
+    warm = run(phase, lambda live: warmup(net, phase, data, s, macs, shuffler(s, phase), emit, live)) \
+        if s.warmup_epochs else {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     def fine_tune(d: int, searched: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                   continuing: bool) -> Phase:

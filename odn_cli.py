@@ -468,8 +468,9 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
     images = len(data.train[1])
-    clock = {"epoch": time.perf_counter(), "said": time.perf_counter(), "seen": 0, "name": "warm-up",
-             "images": images if resume and resume.get("journal") else warmup_images(s, images)}
+    warming = s.warmup_epochs and not (resume and resume.get("journal"))  # the first epoch is the warm-up's
+    clock = {"epoch": time.perf_counter(), "said": time.perf_counter(), "seen": 0,
+             "name": "warm-up" if warming else "search", "images": warmup_images(s, images) if warming else images}
     seen = evidence(resume)  # what the forecast of the time left reads from
 
     def on_event(record: dict) -> None:
@@ -923,7 +924,7 @@ def run(
                                           "warning", DATA, "--strict-images")] = False,
     strategy: Annotated[str, option("fast (one-cycle schedules: a short look at every depth, a long one for "
                                     "depths within reach) or paper (the paper's exact protocol)", SEARCH)] = "fast",
-    warmup_epochs: Annotated[Optional[int], option("epochs of all-depth warm-up (§III-B; fast 1, paper 3)",
+    warmup_epochs: Annotated[Optional[int], option("epochs of all-depth warm-up (§III-B; fast 0: none, paper 3)",
                                                    SEARCH)] = None,
     start_depth: Annotated[int, option("first depth to train", SEARCH)] = 1,
     max_depth: Annotated[int, option("deepest depth to try (0 = all blocks)", SEARCH)] = 0,

@@ -328,7 +328,7 @@ def test_fast_schedules_the_lr_per_step_over_each_phase(monkeypatch):
     """Short looks last --short-epochs, the long look --long-epochs; the LR follows one_cycle step by step."""
     lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.93, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1, reach_slack=2.0)
+                     max_depth=2, min_steps=1, reach_slack=2.0, warmup_epochs=1)  # a warm-up, to see its LR too
     # 10 % of the labels flipped: no depth passes 90 %, so depth 1 is a near miss (error ≤ 2 × 7 %, and × 0.8)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False, noise=0.1), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases][:3] == [
@@ -358,7 +358,7 @@ def test_a_short_look_that_meets_the_target_trains_on_from_its_own_weights(monke
 
     monkeypatch.setattr(odn, "train_phase", spy)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=5, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1, anneal_epochs=0)  # the anneal after it: its own tests
+                     max_depth=2, min_steps=1, anneal_epochs=0, warmup_epochs=1)  # the anneal: its own tests
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 3)]
@@ -378,7 +378,7 @@ def test_anneal_trains_the_chosen_depth_on_at_a_tenth_of_the_peak_falling_to_zer
     assert [odn.cosine(step, 100) for step in (0, 50, 100, 150)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
     lrs = lr_at_each_epoch(monkeypatch)
     s = odn.Settings(target=0.95, strategy="fast", short_epochs=2, long_epochs=4, peak_lr=0.4, batch_size=64,
-                     max_depth=2, min_steps=1, anneal_epochs=3)
+                     max_depth=2, min_steps=1, anneal_epochs=3, warmup_epochs=1)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=False), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("warmup", 2, 1), ("search", 1, 2), ("finetune", 1, 2), ("anneal", 1, 3)]
@@ -423,14 +423,13 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     # the chosen depth's long look, then (by default) the anneal's 4 more passes, kept: 96 % > 95.5 %
-    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
-        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [  # fast: no warm-up
+        ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
     assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.96
     # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
     s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("search", 3),
-                                                              ("finetune", 3)]
+    assert [(p.name, p.depth) for p in result.phases] == [("search", 1), ("search", 2), ("search", 3), ("finetune", 3)]
     assert result.depth == 3
 
 
@@ -442,18 +441,18 @@ def test_an_anneal_that_does_not_beat_the_fine_tune_changes_nothing(monkeypatch)
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=2)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     # a hit: 8 − 3 more passes, not a long look
-    assert [(p.name, p.depth, p.epochs) for p in result.phases][1:] == [("search", 1, 3), ("finetune", 1, 5),
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [("search", 1, 3), ("finetune", 1, 5),
                                                                        ("anneal", 1, 2)]
     assert result.val_accuracy == 0.97 and result.phases[-1].since_best == 2
     readings["anneal", 1] = 0.975  # better: kept
     assert odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s).val_accuracy == 0.975
     readings["finetune", 1] = readings["anneal", 1] = 0.955  # below the short look's 96 %: it is kept
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert result.val_accuracy == 0.96 and result.phases[2].since_best == 5
+    assert result.val_accuracy == 0.96 and result.phases[1].since_best == 5
     # when a look is already as long as the long one, a hit has nothing to top up: no fine-tune phase
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, short_epochs=8, anneal_epochs=0)
     assert [p.name for p in odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s).phases] == \
-        ["warmup", "search"]
+        ["search"]
 
 
 def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkeypatch):
@@ -467,7 +466,7 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     # depth 3 at 6.5 % × 0.875 = 5.7 % ≤ 6.5 %: long look.
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][1:] == [
+    assert [(p.name, p.depth) for p in result.phases] == [
         ("search", 1), ("finetune", 1), ("search", 2), ("search", 3), ("finetune", 3)]
     assert result.depth == 3 and result.val_accuracy == 0.952
     # a generous slack gives depth 2 its long look too (and it misses: 93 %)
@@ -478,7 +477,7 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     # is rejected on its short look, though within `reach` (8 % ≤ 2 × 5 %)
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0, gain_prior=0.9)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][1:3] == [("search", 1), ("search", 2)]
+    assert [(p.name, p.depth) for p in result.phases][:2] == [("search", 1), ("search", 2)]
 
 
 def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypatch):
@@ -492,12 +491,32 @@ def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypat
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     # depth 1 out of reach (20 % > 2 × 5 %); depth 2 a near miss whose long look misses narrowly (5.5 % ≤ 6.5 %)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
-        ("warmup", 3, 1), ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("finetune", 3, 8), ("anneal", 3, 2)]
+        ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("finetune", 3, 8), ("anneal", 3, 2)]
     assert result.depth == 3 and result.val_accuracy == 0.965
     readings["finetune", 2] = 0.93  # a wide miss (7 % > 6.5 %): depth 3 is looked at first, as before
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][3:] == [("finetune", 2), ("search", 3), ("finetune", 3),
+    assert [(p.name, p.depth) for p in result.phases][2:] == [("finetune", 2), ("search", 3), ("finetune", 3),
                                                              ("anneal", 3)]
+
+
+def test_fast_has_no_warm_up_and_its_looks_start_from_the_initial_weights(monkeypatch):
+    """fast's looks restart at the one-cycle peak LR (0.2, 20 × the warm-up's 0.01), which erases what a warm-up
+    taught: by default fast has none, and every look starts from the network's initial weights, as the oracle's
+    (each depth trained alone) do. `--warmup-epochs 1` brings one back; paper warms up for 3 epochs."""
+    assert (odn.Settings().warmup_epochs, odn.Settings(strategy="paper").warmup_epochs) == (0, 3)
+    starts, real = [], odn.train_phase
+
+    def spy(net, phase, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in net.state_dict().items()})
+        return real(net, phase, *args, **kwargs)
+
+    monkeypatch.setattr(odn, "train_phase", spy)
+    torch.manual_seed(0)
+    net = odn.DepthNet(TinyNet(depth=3), 2)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    result = odn.search(net, points_data(xor=True), odn.Settings(target=0.99, min_steps=1, max_depth=2, anneal_epochs=0))
+    assert [p.name for p in result.phases][:2] == ["search", "search"]  # no warm-up phase, depth 1 then 2
+    assert len(starts) >= 2 and all(torch.equal(start[k], v) for start in starts[:2] for k, v in initial.items())
 
 
 def test_fasts_warmup_is_capped_in_steps_and_the_papers_is_not():
@@ -505,7 +524,7 @@ def test_fasts_warmup_is_capped_in_steps_and_the_papers_is_not():
     protocol warms up for whole epochs."""
     assert (odn.Settings().warmup_steps, odn.Settings(strategy="paper").warmup_steps) == (100, 0)
     s = odn.Settings(target=0.9, strategy="fast", min_steps=1, batch_size=64, warmup_steps=3, short_epochs=1,
-                     long_epochs=1, anneal_epochs=0)
+                     long_epochs=1, anneal_epochs=0, warmup_epochs=1)  # fast with a warm-up, as --warmup-epochs 1
     data = points_data(xor=False)
     assert len(data.train[1]) > 3 * 64
     make = lambda: (torch.manual_seed(0), odn.DepthNet(TinyNet(depth=3), 2))[1]
@@ -538,17 +557,16 @@ def test_a_stretched_short_look_that_misses_far_gets_a_second_look_that_can_acce
                                                    for name in ("search", "finetune")] == [25, 67]
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
-        ("warmup", 3, 1), ("search", 1, 25), ("relook", 1, 25), ("finetune", 1, 67 - 50)]
+        ("search", 1, 25), ("relook", 1, 25), ("finetune", 1, 67 - 50)]
     assert result.depth == 1 and result.target_reached and result.val_accuracy == 0.97
     # without the second look the same short look rejects depth 1 (50 % error > 2 × 5 %)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), dataclasses.replace(s, relook=False))
-    assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("search", 2), ("finetune", 2)]
+    assert [(p.name, p.depth) for p in result.phases] == [("search", 1), ("search", 2), ("finetune", 2)]
     assert result.depth == 2
     # a second look that still misses far, its error falling too slowly to meet the target by 67 passes: rejected
     readings["relook", 1] = 0.6
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][1:] == [("search", 1), ("relook", 1), ("search", 2),
-                                                              ("finetune", 2)]
+    assert [(p.name, p.depth) for p in result.phases] == [("search", 1), ("relook", 1), ("search", 2), ("finetune", 2)]
     # a look as long as --short-epochs (enough steps per epoch) is no stretched look: no second one
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), dataclasses.replace(s, min_steps=1))
     assert "relook" not in [p.name for p in result.phases]
@@ -568,7 +586,7 @@ def test_a_second_looks_continuation_that_misses_narrowly_gets_a_long_look_from_
     # 10 % after 50 passes points to 5.1 % by 67: promising; the continuation's 6 % is a narrow miss (≤ 6.5 %)
     result = run(continuation=0.94, again=0.96)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
-        ("warmup", 3, 1), ("search", 1, 25), ("relook", 1, 25), ("finetune", 1, 17), ("finetune", 1, 67)]
+        ("search", 1, 25), ("relook", 1, 25), ("finetune", 1, 17), ("finetune", 1, 67)]
     assert result.depth == 1 and result.target_reached and result.val_accuracy == 0.96
     # the fresh long look misses too: depth 2 gets its long look at once (the narrow miss's rule)
     result = run(continuation=0.94, again=0.935)
@@ -576,7 +594,7 @@ def test_a_second_looks_continuation_that_misses_narrowly_gets_a_long_look_from_
     assert result.depth == 2 and result.val_accuracy == 0.97
     # a wide miss (8 % > 6.5 %): no second long look, depth 2's short look as before
     result = run(continuation=0.92, again=0.99)
-    assert [(p.name, p.depth) for p in result.phases][3:] == [("finetune", 1), ("search", 2), ("finetune", 2)]
+    assert [(p.name, p.depth) for p in result.phases][2:] == [("finetune", 1), ("search", 2), ("finetune", 2)]
     assert result.depth == 2
 
 
@@ -738,7 +756,7 @@ def test_a_search_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_
     """Resuming from the checkpoint written after an epoch (a kill) or mid-epoch (a signal: the callback asks to
     stop at a batch) ends with the same phases, readings and bit-identical weights."""
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, batch_size=64, short_epochs=2, long_epochs=3,
-                     anneal_epochs=2)
+                     anneal_epochs=2, warmup_epochs=1)  # with a warm-up: a phase of its own to resume too
     make = lambda: (torch.manual_seed(0), odn.DepthNet(TinyNet(depth=3), 2))[1]
     whole = odn.search(make(), points_data(xor=True, noise=0.05), s)
     kind, count = stop_at.split()
@@ -1766,7 +1784,7 @@ def test_check_options_refuses_an_option_out_of_range_in_one_line(capsys, option
 
 def test_check_options_turns_the_options_into_settings():
     s = odn_cli.check_options({**cli_defaults(), "target": 0.9, "short_epochs": 2, "batch_size": 64})
-    assert (s.target, s.strategy, s.short_epochs, s.batch_size, s.warmup_epochs) == (0.9, "fast", 2, 64, 1)
+    assert (s.target, s.strategy, s.short_epochs, s.batch_size, s.warmup_epochs) == (0.9, "fast", 2, 64, 0)
     assert (s.amp, s.channels_last) == (False, False)  # chosen later, on the device at hand
     paper = odn_cli.check_options({**cli_defaults(), "strategy": "paper", "patience": 5, "lr": 0.05})
     assert (paper.strategy, paper.patience, paper.lr, paper.warmup_epochs) == ("paper", 5, 0.05, 3)

@@ -408,6 +408,41 @@ def eta(run: str, every: int = 1) -> None:
     print(f"\n`python bench/bench.py eta {run}` ({record.get('cpu', '')}; epoch seconds as the run measured them)")
 
 
+@app.command()
+def forecasts(profiles: str = "", data_dir: str = "", results: str = RESULTS) -> None:
+    """The forecast of the time left (the progress line's `search ≈ …`) at each decision of every recorded `fast`
+    row (P-fast.json; the full-scale rows: P-fast-DATE.json, the newest), against the truth, in multiply-add
+    units (each phase's epochs × its depth's multiply-adds; the warm-up's share). A decision is the end of a
+    phase: s = short look, r = second look, f = long look (or its continuation); the last one is exact."""
+    folder = Path(results)
+    print("| profile | depth | forecast error at each decision (phase depth: error) |\n|---|---|---|")
+    for name in profiles.split(",") if profiles else PROFILES:
+        rows = sorted(folder.glob(f"{name}-fast-2*.json")) or [folder / f"{name}-fast.json"]
+        if not rows[-1].exists():
+            continue
+        record, p = json.loads(rows[-1].read_text()), PROFILES[name]
+        phases = [(x["name"], x["depth"], x["epochs"], x["best_val"]) if isinstance(x, dict) else tuple(x[:4])
+                  for x in record["phases"]]
+        dataset, data = load(p, data_dir or None)
+        net = fresh_net(p["arch"], dataset).eval()
+        costs = odn.depth_costs(net, odn.normalise(data.train[0][:1], data.mean, data.std))
+        s = odn.Settings(target=p["target"], **{k: v for k, v in p["settings"].items() if v is not None})
+        plan = odn_cli.search_plan(s, {**costs, "last": net.max_depth}, len(data.train[1]))
+        spent = [e * costs["macs"][d - 1] * (plan["warmup_share"] if n == "warmup" else 1) for n, d, e, _ in phases]
+        seen, said = {}, []
+        for i, (n, d, e, best) in enumerate(phases[:-1]):
+            if n in ("search", "relook", "finetune"):
+                seen.setdefault(n, {})[d] = best
+            if n == "warmup":
+                continue
+            epoch = {"phase": n, "depth": d, "epoch": e, "budget": e, "best_val": best, "val_acc": best,
+                     "seconds": costs["macs"][d - 1]}  # one second per multiply-add unit
+            likely = odn_cli.search_forecast(plan, seen, epoch)
+            said.append(f"{n[0]}{d}: {likely / sum(spent[i + 1:]) - 1:+.0%}")
+        print(f"| {name} | {record['depth']} | {', '.join(said) or '— (the first look is the answer)'} |")
+    print(f"\n`python bench/bench.py forecasts` ({odn_cli.cpu_model()}; readings as recorded)")
+
+
 def machine() -> dict:
     return {"date": str(date.today()), "cpu": odn_cli.cpu_model(), "threads": torch.get_num_threads(),
             "torch": torch.__version__}

@@ -718,7 +718,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
             if looked.name == "relook" and goal > tuned[d].best_val >= 1 - s.reach_slack * (1 - goal):
                 # a second look's continuation (three warm restarts) can understate the depth trained once: a
-                # narrow miss there gets the long look from the warm-up weights too, and keeps the better
+                # narrow miss there gets a long look started over too, and keeps the better
                 kept, again = weights[d], fine_tune(d, phase, optimizer, generator, continuing=False)
                 tuned[d], weights[d] = (again, weights[d]) if again.best_val > tuned[d].best_val else (tuned[d], kept)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured

@@ -572,7 +572,7 @@ def test_a_stretched_short_look_that_misses_far_gets_a_second_look_that_can_acce
     assert "relook" not in [p.name for p in result.phases]
 
 
-def test_a_second_looks_continuation_that_misses_narrowly_gets_a_long_look_from_the_warm_up_weights(monkeypatch):
+def test_a_second_looks_continuation_that_misses_narrowly_gets_a_long_look_started_over(monkeypatch):
     """Three warm restarts (short look, second look, continuation) can read lower than the depth trained once
     (held-out WRN-40-2 on MNIST: 94.7 % against 95.9 % alone, target 95 %). A continuation that misses narrowly
     (error ≤ reach_slack × the target's) gets the long look from the warm-up weights before the next depth;

@@ -973,13 +973,13 @@ def sibling(name: str):
 
     if f"odn_{name}" in sys.modules:
         return sys.modules[f"odn_{name}"]
-    folder = Path(__file__).resolve().with_name(name)
-    file = folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
+    folder = Path(__file__).resolve().with_name(name)  # a package (archs/) or a module (data.py); a plain folder
+    file = folder / "__init__.py" if (folder / "__init__.py").is_file() else folder.with_suffix(".py")  # ./data too
     if not file.is_file():
         raise ModuleNotFoundError(f"no {name} beside odn.py in {folder.parent} (copied alone, odn.load needs your "
                                   "own build=)")
     spec = importlib.util.spec_from_file_location(f"odn_{name}", file, submodule_search_locations=[str(folder)]
-                                                  if folder.is_dir() else None)
+                                                  if file.name == "__init__.py" else None)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # plugins import it relatively
     try:
         spec.loader.exec_module(module)

@@ -961,6 +961,19 @@ def test_odn_imports_its_own_archs_and_data_whatever_the_users_modules_are_calle
     assert done.stdout.splitlines() == ["8 True", "the user data.py was imported"]
 
 
+def test_a_data_folder_beside_odn_py_does_not_hide_data_py(tmp_path):
+    """Run from the repository without data, a failed download leaves ./data/MNIST/raw beside data.py (./data is
+    the default data root): that folder of data sets must not stop odn, not even its offline default."""
+    for name in ("odn.py", "odn_cli.py", "data.py"):
+        shutil.copy(HERE / name, tmp_path / name)
+    shutil.copytree(HERE / "archs", tmp_path / "archs", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
+    code = "import odn; data = odn.sibling('data'); print(data.__file__.endswith('data.py'), data.load('digits').num_classes)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **ONE_THREAD})
+    assert done.returncode == 0 and done.stdout.split() == ["True", "10"], done.stderr[-500:]
+
+
 def test_a_users_own_archs_module_already_imported_does_not_stop_odns_plugins(tmp_path):
     (tmp_path / "archs").mkdir()
     (tmp_path / "archs" / "__init__.py").write_text("MINE = True\n")

@@ -409,18 +409,17 @@ def eta(run: str, every: int = 1) -> None:
 
 
 @app.command()
-def forecasts(profiles: str = "", data_dir: str = "", results: str = RESULTS) -> None:
-    """The forecast of the time left (the progress line's `search ≈ …`) at each decision of every recorded `fast`
-    row (P-fast.json; the full-scale rows: P-fast-DATE.json, the newest), against the truth, in multiply-add
-    units (each phase's epochs × its depth's multiply-adds; the warm-up's share). A decision is the end of a
-    phase: s = short look, r = second look, f = long look (or its continuation); the last one is exact."""
+def forecasts(profiles: str = "", row: str = "fast", data_dir: str = "", results: str = RESULTS) -> None:
+    """The forecast of the time left (the progress line's `search ≈ …`) at each decision of a recorded row of
+    each profile (P-ROW.json: a `strategies` row, or a CLI run's odn.json copied there), against the truth, in
+    multiply-add units (each phase's epochs × its depth's multiply-adds; the warm-up's share). A decision is the
+    end of a phase: s = short look, r = second look, f = long look (or its continuation); the last is exact."""
     folder = Path(results)
     print("| profile | depth | forecast error at each decision (phase depth: error) |\n|---|---|---|")
     for name in profiles.split(",") if profiles else PROFILES:
-        rows = sorted(folder.glob(f"{name}-fast-2*.json")) or [folder / f"{name}-fast.json"]
-        if not rows[-1].exists():
+        if not (folder / f"{name}-{row}.json").exists():
             continue
-        record, p = json.loads(rows[-1].read_text()), PROFILES[name]
+        record, p = json.loads((folder / f"{name}-{row}.json").read_text()), PROFILES[name]
         phases = [(x["name"], x["depth"], x["epochs"], x["best_val"]) if isinstance(x, dict) else tuple(x[:4])
                   for x in record["phases"]]
         dataset, data = load(p, data_dir or None)
@@ -440,7 +439,7 @@ def forecasts(profiles: str = "", data_dir: str = "", results: str = RESULTS) ->
             likely = odn_cli.search_forecast(plan, seen, epoch)
             said.append(f"{n[0]}{d}: {likely / sum(spent[i + 1:]) - 1:+.0%}")
         print(f"| {name} | {record['depth']} | {', '.join(said) or '— (the first look is the answer)'} |")
-    print(f"\n`python bench/bench.py forecasts` ({odn_cli.cpu_model()}; readings as recorded)")
+    print(f"\n`python bench/bench.py forecasts{f' --row {row}' if row != 'fast' else ''}` (readings as recorded)")
 
 
 def machine() -> dict:

@@ -164,9 +164,11 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         recipe += f"-anneal{anneal}" if recipe == "fast" and anneal != default else ""
         base_file = folder / f"{profile}-baseline-{recipe}.json"
         net = fresh_net(p["arch"], dataset, seed)
+        # a profile's warmup_epochs shortens the paper's warm-up on small data; fast keeps its own (none)
+        own = {k: v for k, v in p["settings"].items() if not (recipe.startswith("fast") and k == "warmup_epochs")}
         s = odn.Settings(target=p["target"], strategy=name, seed=seed, anneal_epochs=anneal,
                          baseline=baseline and not base_file.exists() and not seed,
-                         **{**p["settings"], **speed_of_row(folder, profile, speed_of)})
+                         **{**own, **speed_of_row(folder, profile, speed_of)})
         name = f"{name}-anneal{anneal}" if recipe.startswith("fast-") else name
         log = open(Path(history) / f"{profile}-{name}.jsonl", "w") if history else None
         s, speed = resolve_speed(net, data, s, p["arch"])

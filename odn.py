@@ -72,8 +72,7 @@ class DepthNet(nn.Module):
         if len(net.blocks) != len(net.channels):
             raise ValueError(f"{len(net.blocks)} blocks but {len(net.channels)} channel counts")
         make_head = getattr(net, "make_head", pooled_linear_head)
-        self.stem = net.stem
-        self.blocks = nn.ModuleList(net.blocks)
+        self.stem, self.blocks = net.stem, nn.ModuleList(net.blocks)
         self.heads = nn.ModuleList(make_head(c, num_classes) for c in net.channels)
 
     @property
@@ -107,8 +106,7 @@ class DepthNet(nn.Module):
     def load_state_at(self, depth: int, state: dict[str, Tensor]) -> None:
         """Put the weights of an extracted depth-d network back into this model."""
         keyed = {f"heads.{depth - 1}.{k[5:]}" if k.startswith("head.") else k: v for k, v in state.items()}
-        missing = set(keyed) - set(self.state_dict())
-        if missing:
+        if missing := set(keyed) - set(self.state_dict()):
             raise KeyError(f"weights do not fit depth {depth}: {sorted(missing)[:3]}")
         self.load_state_dict(keyed, strict=False)
 
@@ -481,10 +479,8 @@ def train_phase(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.
 
 def warmup(net: DepthNet, phase: Phase, data: Data, s: Settings, macs: list[int], generator: torch.Generator,
            emit: Callable[[dict], object], resume: dict | None = None) -> dict[str, Tensor]:
-    """§III-B: a few epochs at every depth at once — summed loss over all heads, one step per batch.
-
-    Returns the warm-up weights, from which every expansion starts.
-    """
+    """§III-B: a few epochs at every depth at once — summed loss over all heads, one step per batch. Returns
+    the warm-up weights, from which every expansion starts."""
     depth = phase.depth
     modules = [net.stem, *net.blocks[:depth], *net.heads[:depth]]
     optimizer = sgd([p for m in modules for p in m.parameters()], s.warmup_lr, s)
@@ -605,12 +601,17 @@ def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
     return error <= s.reach * goal_error and error * gain <= s.reach_slack * goal_error
 
 
+def relook_error(before: float, after: float, passes: int, long: int) -> float:
+    """A second look's error carried on to a long look's passes: e ∝ passes^−α, α from the doubling of passes
+    that took the short look's error `before` to the second look's `after` (`passes` in all)."""
+    return after * (long / passes) ** -max(0.0, math.log2(before / after)) if after > 0 else 0.0
+
+
 def relook_within_reach(short: Phase, again: Phase, s: Settings, long: int) -> bool:
-    """`fast` on small data, after a second look: the error falls as a power of the passes (e ∝ passes^−α, α
-    from the doubling); within reach when that curve meets `reach_slack` × the target's error by the long look."""
-    before, after, goal_error = 1 - short.best_val, 1 - again.best_val, 1 - (s.target - s.tolerance)
-    alpha = max(0.0, math.log2(before / after)) if after > 0 else 0.0
-    return after * (long / again.budget) ** -alpha <= s.reach_slack * goal_error
+    """`fast` on small data, after a second look: within reach when `relook_error` meets `reach_slack` × the
+    target's error by the long look."""
+    error = relook_error(1 - short.best_val, 1 - again.best_val, again.budget, long)
+    return error <= s.reach_slack * (1 - (s.target - s.tolerance))
 
 
 def anneal_phase(depth: int, best_val: float, s: Settings, steps_per_epoch: int, name: str = "anneal") -> Phase:
@@ -656,6 +657,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     costs, last = prepare(net, data, s), s.max_depth or net.max_depth
     start, stop, schedule = STRATEGIES[s.strategy]
     goal = s.target - s.tolerance
+    narrow = lambda phase: 1 - phase.best_val <= s.reach_slack * (1 - goal)  # a miss within the rule's slack
     macs, per_epoch = costs["macs"], steps_per_epoch(len(data.train[1]), s.batch_size, rank_and_world()[1])
     journal, emit, run = journaled(on_event, resume, s)  # every finished phase, what a resumed run replays
     finished = lambda: [Phase(**record) for record, _ in journal if record["name"] != "baseline"]
@@ -716,7 +718,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         # fast judges a near miss only after the long schedule, which is then also its fine-tune
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
-            if looked.name == "relook" and goal > tuned[d].best_val >= 1 - s.reach_slack * (1 - goal):
+            if looked.name == "relook" and goal > tuned[d].best_val and narrow(tuned[d]):
                 # a second look's continuation (three warm restarts) can understate the depth trained once: a
                 # narrow miss there gets a long look started over too, and keeps the better
                 kept, again = weights[d], fine_tune(d, phase, optimizer, generator, continuing=False)
@@ -724,7 +726,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured
                 gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal
-                straight = not reached and 1 - tuned[d].best_val <= s.reach_slack * (1 - goal)
+                straight = not reached and narrow(tuned[d])
         if reached:
             break  # §III-D: the first depth that meets the target, already fine-tuned
 
@@ -922,11 +924,8 @@ def save(model: Extracted, out_dir: str | Path, *, arch: str, depth: int, num_cl
 
 
 def load(out_dir: str | Path, build: Callable[..., DepthPartitionable] | None = None) -> Extracted:
-    """Rebuild the extracted network saved in `out_dir` (odn.json + odn.safetensors), in eval mode.
-
-    `build(name, num_classes=, in_chans=, image_size=)` makes the architecture; by default the
-    registry in archs/ beside this file does (`build`).
-    """
+    """Rebuild the extracted network saved in `out_dir` (odn.json + odn.safetensors), in eval mode; `build(name,
+    num_classes=, in_chans=, image_size=)` makes the architecture (default: the registry in archs/, `build`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

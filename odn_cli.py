@@ -341,17 +341,30 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     return least * per_mac, most * per_mac
 
 
-SCALING_PRIOR = 0.5  # error ∝ params^−α until two depths are read (a common scaling-law exponent; fitted after)
+SCALING_PRIOR = 0.5  # error ∝ params^−α while no look's curve says otherwise (a common scaling-law exponent)
+# α ÷ how fast the first depth's own short look fell with its passes (`passes_exponent`): data whose error falls
+# fast with training falls fast with capacity too (full-scale records: MNIST 0.49–0.64 of 2.0–2.6, Fashion-MNIST
+# 0.39–0.47 of 0.97–1.09; one reading cannot tell them apart, its curve can)
+SCALING_PER_PASSES = 0.5
 RELOOK_PRIOR = 0.5  # a second look's error ÷ its short look's until one is measured (0.32–0.83 on bench's profiles)
+
+
+def passes_exponent(curve: list[float]) -> float | None:
+    """How fast a look's validation error fell with its passes, e ∝ passes^−a from its first to its last
+    epoch; None where it did not fall (or the curve is one epoch, or a perfect score)."""
+    if len(curve) < 2 or min(curve[0], curve[-1]) >= 1 or curve[-1] <= curve[0]:
+        return None
+    return math.log((1 - curve[0]) / (1 - curve[-1])) / math.log(len(curve))
 
 
 def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     """Seconds the search will most likely still take (`fast`): `fast`'s own rules replayed on the readings
     it has not made yet. Short-look errors follow a power of the parameters, e ∝ params^−α, through the latest
-    depth read (α fitted to the depths read, `SCALING_PRIOR` while only one is); a long look's error is its
-    short look's × the gain measured (`gain_prior` before one is); on small data a second look's is its short
-    look's × the ratio last measured (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished
-    phases: {"search" | "relook" | "finetune": {depth: accuracy}}."""
+    depth read (α fitted to the depths read; while only one is, `SCALING_PER_PASSES` × its short look's
+    `passes_exponent`, or `SCALING_PRIOR`); a long look's error is its short look's × the gain measured
+    (`gain_prior` before one is); on small data a second look's is its short look's × the ratio last measured
+    (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished phases, {"search" | "relook" |
+    "finetune": {depth: accuracy}}, and the short looks' validation curves, {"curve": {depth: [accuracy, …]}}."""
     macs, params, goal, last = plan["macs"], plan["params"], 1 - plan["goal"], plan["last"]
     short, long, anneal = plan["short"], plan["long"], plan.get("anneal", 0)
     reach, slack = plan.get("reach", 2.0), plan.get("reach_slack", 1.3)
@@ -365,7 +378,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
         read = sorted(k for k in looked if k < depth and looked[k] < 1)
         if not read:  # nothing read yet: this depth's latest reading stands for its short look
             return 1 - epoch.get("val_acc", 0.0)
-        alpha = SCALING_PRIOR
+        fall = passes_exponent(seen.get("curve", {}).get(read[0], []))
+        alpha = min(2.0, SCALING_PER_PASSES * fall) if fall else SCALING_PRIOR
         if len(read) >= 2:  # least squares on log error against log params
             xs, ys = [math.log(params[k - 1]) for k in read], [math.log(1 - looked[k]) for k in read]
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -373,9 +387,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             alpha = min(2.0, max(0.0, -sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread)) if spread else alpha
         return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -alpha
 
-    def after_relook(depth: int, error: float) -> float:  # `odn.relook_within_reach`'s curve at the long look
-        before = 1 - looked.get(depth, 1.0)
-        return error * (long / (2 * short)) ** -max(0.0, math.log2(before / error)) if error > 0 else 0.0
+    def after_relook(depth: int, error: float) -> float:  # what `odn.relook_within_reach` judges
+        return odn.relook_error(1 - looked.get(depth, 1.0), error, 2 * short, long)
 
     # the phase in training now: what is left of it, and the reading it will end on (measured at its end)
     d, name, ended = epoch["depth"], epoch["phase"], epoch["epoch"] >= epoch["budget"]
@@ -436,8 +449,15 @@ def evidence(resume: dict | None) -> dict:
     """The readings `search_forecast` starts from: none for a new run, a resumed run's finished phases."""
     seen: dict = {}
     for record, _ in (resume or {}).get("journal", []):
-        seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
+        remember(seen, record)
     return seen
+
+
+def remember(seen: dict, record: dict) -> None:
+    """A finished phase's reading (and a short look's curve) for `search_forecast`."""
+    seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
+    if record["name"] == "search":
+        seen.setdefault("curve", {})[record["depth"]] = list(record.get("val_curve", []))
 
 
 def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, facts: dict, console,
@@ -520,7 +540,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
             clock.update(epoch=now, said=now, seen=0, name=f"{name} ep {record['epoch'] + 1}")
             return
         weights = record.pop("weights")
-        seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
+        remember(seen, record)
         clock["images"] = images
         console.print(f"{record['name']:>8} depth {record['depth']}: best val {record['best_val']:.4f} "
                       f"after {record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}, "

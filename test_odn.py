@@ -1273,6 +1273,33 @@ def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_th
     assert odn_cli.search_forecast(plan, {}, {**done, "phase": "anneal", "epoch": 1, "budget": 2}) == 10
 
 
+def test_the_forecast_takes_alpha_from_how_fast_the_first_short_look_fell_with_its_passes():
+    """One depth read: α is `SCALING_PER_PASSES` × the exponent of its short look's own curve (e ∝ passes^−a), so
+    data whose error falls fast with training is predicted to fall fast with capacity (MNIST against
+    Fashion-MNIST at full scale); a curve that did not fall leaves `SCALING_PRIOR`."""
+    plan = {"macs": [1, 2, 4, 8], "params": [1, 4, 16, 64], "start": 1, "last": 4, "goal": 0.95, "warmup_epochs": 1,
+            "short": 3, "long": 8, "anneal": 2, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8}
+    done = {"phase": "search", "depth": 1, "epoch": 3, "budget": 3, "seconds": 10.0, "best_val": 0.88}
+    assert odn_cli.passes_exponent([0.52, 0.88]) == pytest.approx(2.0)  # 48 % → 12 % in 2 passes: 2^−2
+    assert odn_cli.passes_exponent([0.88, 0.87]) is None and odn_cli.passes_exponent([0.5]) is None
+    # fast (a = 2, α = 1): depth 2 at 12 % × 4^−1 = 3 %, a hit on its short look: 3 + 5 epochs and the anneal
+    fast = {"search": {1: 0.88}, "curve": {1: [0.52, 0.88]}}
+    assert odn_cli.search_forecast(plan, fast, done) == pytest.approx(10 * (3 + 5 + 2) * 2)
+    # slow (20 % → 12 %: a = 0.74, α = 0.37): depth 2 at 7.2 %, its long look 5.8 % (a narrow miss), so depth 3
+    # gets its long look at once (3.5 %, a hit) and the anneal
+    slow = {"search": {1: 0.88}, "curve": {1: [0.80, 0.88]}}
+    assert odn_cli.search_forecast(plan, slow, done) == pytest.approx(10 * ((3 + 8) * 2 + (8 + 2) * 4))
+    # a curve that rose: the prior, as with no curve at all
+    flat = {"search": {1: 0.88}, "curve": {1: [0.88, 0.87]}}
+    assert odn_cli.search_forecast(plan, flat, done) == odn_cli.search_forecast(plan, {"search": {1: 0.88}}, done)
+    # the curves reach the forecast from the search's phase events, and from a resumed run's journal
+    seen = {}
+    odn_cli.remember(seen, {"name": "search", "depth": 1, "best_val": 0.88, "val_curve": [0.52, 0.88]})
+    assert seen == fast
+    assert odn_cli.evidence({"journal": [({"name": "search", "depth": 1, "best_val": 0.88,
+                                           "val_curve": [0.52, 0.88]}, None)]}) == fast
+
+
 def test_the_forecast_replays_the_second_look_on_small_data():
     """Small data (a short look stretched to `min_steps`): a depth out of reach gets a second look, predicted at
     its short look's error × the ratio last measured (`RELOOK_PRIOR` before one is); a second look that meets

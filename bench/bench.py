@@ -180,7 +180,7 @@ def strategies(profile: str = "digits", names: str = "paper,early,carry", baseli
         model = odn.extract(net, result.depth).eval()
         row = {"strategy": name, "depth": result.depth, "val": result.val_accuracy,
                "test": odn.accuracy(model, data.test, data), **result.cost, "speed": speed,
-               "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val) for ph in result.phases], "seed": seed,
+               "phases": [(ph.name, ph.depth, ph.epochs, ph.best_val, ph.val_curve) for ph in result.phases], "seed": seed,
                **machine()}
         (folder / f"{profile}-{name}{f'-seed{seed}' if seed else ''}.json").write_text(json.dumps(row, indent=2))
         if result.baseline is not None:
@@ -424,18 +424,18 @@ def forecasts(profiles: str = "", row: str = "fast", data_dir: str = "", results
         if not (folder / f"{name}-{row}.json").exists():
             continue
         record, p = json.loads((folder / f"{name}-{row}.json").read_text()), PROFILES[name]
-        phases = [(x["name"], x["depth"], x["epochs"], x["best_val"]) if isinstance(x, dict) else tuple(x[:4])
-                  for x in record["phases"]]
+        phases = [(x["name"], x["depth"], x["epochs"], x["best_val"], x.get("val_curve", [])) if isinstance(x, dict)
+                  else (*x[:4], x[4] if len(x) > 4 else []) for x in record["phases"]]
         dataset, data = load(p, data_dir or None)
         net = fresh_net(p["arch"], dataset).eval()
         costs = odn.depth_costs(net, odn.normalise(data.train[0][:1], data.mean, data.std))
         s = odn.Settings(target=p["target"], **{k: v for k, v in p["settings"].items() if v is not None})
         plan = odn_cli.search_plan(s, {**costs, "last": net.max_depth}, len(data.train[1]))
-        spent = [e * costs["macs"][d - 1] * (plan["warmup_share"] if n == "warmup" else 1) for n, d, e, _ in phases]
+        spent = [e * costs["macs"][d - 1] * (plan["warmup_share"] if n == "warmup" else 1) for n, d, e, *_ in phases]
         seen, said = {}, []
-        for i, (n, d, e, best) in enumerate(phases[:-1]):
+        for i, (n, d, e, best, curve) in enumerate(phases[:-1]):
             if n in ("search", "relook", "finetune"):
-                seen.setdefault(n, {})[d] = best
+                odn_cli.remember(seen, {"name": n, "depth": d, "best_val": best, "val_curve": curve})
             if n == "warmup":
                 continue
             epoch = {"phase": n, "depth": d, "epoch": e, "budget": e, "best_val": best, "val_acc": best,

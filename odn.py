@@ -9,10 +9,9 @@ meets it is fine-tuned and extracted as a standalone, much smaller network.
     python odn.py --arch resnet18 --data mnist --target 0.99                   # one-cycle schedules (fast)
     python odn.py --arch resnet18 --data mnist --target 0.99 --strategy paper  # the paper's exact protocol
 
-Reading order, as the paper goes: the protocol (`DepthPartitionable`); the multi-head model (`DepthNet`),
-`extract`; batches and one epoch (`train_epoch`); `Settings` and the plateau rule (`plateau_step`); one phase
-(`train_phase`) and `warmup`; the strategies `paper` and `fast`; `search` (Algorithm 1) with its `fine_tune`;
-checkpoint state; measurement; `save` / `load`. The command line, report and export live in odn_cli.py.
+Reading order, as the paper goes: the protocol (`DepthPartitionable`); the multi-head model (`DepthNet`), `extract`;
+one epoch (`train_epoch`); `Settings`, the plateau rule; one phase (`train_phase`), `warmup`; the strategies `paper`
+and `fast`; `search` (Algorithm 1); checkpoints; measurement; `save` / `load`. The CLI and report: odn_cli.py.
 
 Copied alone into a project it needs only torch (and safetensors): `search`, `extract`, `save`, `load`.
 """
@@ -20,9 +19,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -40,13 +41,10 @@ from torch import Tensor, nn
 
 @runtime_checkable
 class DepthPartitionable(Protocol):
-    """A network cut into a stem and an ordered list of blocks.
-
-    Depth d means stem + blocks[:d]; odn adds one head per depth and owns the slicing.
-    `channels[i]` is the number of output channels of blocks[i] — what head i+1 needs.
-    Optional: `make_head(channels, num_classes) -> nn.Module` replaces the default
-    global-average-pool + linear head (e.g. token pooling for a ViT).
-    """
+    """A network cut into a stem and an ordered list of blocks. Depth d means stem + blocks[:d]; odn adds one
+    head per depth and owns the slicing. `channels[i]` is the number of output channels of blocks[i] — what head
+    i+1 needs. Optional: `make_head(channels, num_classes) -> nn.Module` replaces the default global-average-pool
+    + linear head (e.g. token pooling for a ViT)."""
 
     stem: nn.Module
     blocks: Sequence[nn.Module]
@@ -434,11 +432,10 @@ def train_phase(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.
                 macs: int, generator: torch.Generator, emit: Callable[[dict], None],
                 stop: Callable[[Phase, Settings], bool] | None = None,
                 schedule: Callable[[int, int], float] | None = None, resume: dict | None = None) -> dict[str, Tensor]:
-    """Train at one depth until `stop` (default: the plateau rule's convergence); returns the best weights.
-
-    Without a `schedule` the plateau rule decays the LR (§III-C); with one, the LR is `schedule(step, steps)` ×
-    the phase's LR over its fixed budget of epochs. A `checkpoint` event after every epoch carries the whole
-    state; `resume` (such a state) continues from it."""
+    """Train at one depth until `stop` (default: the plateau rule's convergence); returns the best weights. Without
+    a `schedule` the plateau rule decays the LR (§III-C); with one, the LR is `schedule(step, steps)` × the phase's
+    LR over its fixed budget of epochs. A `checkpoint` event after every epoch carries the whole state; `resume`
+    (such a state) continues from it."""
     d, stop = phase.depth, stop or converged
     best = net.state_at(d)
     forward = trainable(net, d)
@@ -482,8 +479,7 @@ def warmup(net: DepthNet, phase: Phase, data: Data, s: Settings, macs: list[int]
     """§III-B: a few epochs at every depth at once — summed loss over all heads, one step per batch. Returns
     the warm-up weights, from which every expansion starts."""
     depth = phase.depth
-    modules = [net.stem, *net.blocks[:depth], *net.heads[:depth]]
-    optimizer = sgd([p for m in modules for p in m.parameters()], s.warmup_lr, s)
+    optimizer = sgd(nn.ModuleList([net.stem, *net.blocks[:depth], *net.heads[:depth]]).parameters(), s.warmup_lr, s)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.warmup_epochs, 1))
     forward = trainable(net, depth, every_head=True)
     loss_fn = lambda x, y: sum(F.cross_entropy(logits, y) for logits in forward(x))
@@ -582,10 +578,9 @@ def one_cycle(step: int, steps: int, warmup: float = 0.25) -> float:
 
 
 def schedule_epochs(phase: Phase, s: Settings, steps_per_epoch: int) -> int:
-    """`fast`: a search phase is a short look; a near miss's fine-tune (and the baseline) a long one; the anneal
-    tops the answer up to `long_epochs + anneal_epochs` passes. On small data a short look lasts at least
-    `min_steps` and the long one stretches alike (an epoch is too few steps to converge in), so the anneal adds
-    nothing there: more passes would only fit the training images."""
+    """`fast`: a search phase is a short look; a near miss's fine-tune (and the baseline) a long one; the anneal tops
+    the answer up to `long_epochs + anneal_epochs` passes. On small data a short look lasts at least `min_steps` and
+    the long one stretches alike (an epoch is too few steps), so the anneal adds nothing: it would only overfit."""
     short = max(s.short_epochs, math.ceil(s.min_steps / steps_per_epoch))
     long = math.ceil(short * s.long_epochs / s.short_epochs)
     if phase.name == "anneal":
@@ -601,6 +596,14 @@ def within_reach(phase: Phase, s: Settings, gain: float | None = None) -> bool:
     return error <= s.reach * goal_error and error * gain <= s.reach_slack * goal_error
 
 
+def scaling_exponent(short: Phase) -> float:
+    """`fast`: α in error ∝ params^−α from a depth to the next, half how fast `short`'s error fell with its passes
+    (e ∝ passes^−2α, first epoch to last; 0.5 where it did not fall): error that falls fast with training falls
+    fast with capacity too (full-scale MNIST: α ≈ 1.2, looks at passes^−2.0…2.6; Fashion-MNIST: 0.45, −1.0)."""
+    first, end, n = 1 - (short.val_curve or [short.best_val])[0], 1 - short.best_val, len(short.val_curve)
+    return min(2.0, math.log(first / end) / math.log(n) / 2) if n > 1 and first > end > 0 else 0.5
+
+
 def relook_error(before: float, after: float, passes: int, long: int) -> float:
     """A second look's error carried on to a long look's passes: e ∝ passes^−α, α from the doubling of passes
     that took the short look's error `before` to the second look's `after` (`passes` in all)."""
@@ -608,8 +611,7 @@ def relook_error(before: float, after: float, passes: int, long: int) -> float:
 
 
 def relook_within_reach(short: Phase, again: Phase, s: Settings, long: int) -> bool:
-    """`fast` on small data, after a second look: within reach when `relook_error` meets `reach_slack` × the
-    target's error by the long look."""
+    """`fast` on small data, after a second look: within reach when `relook_error` ≤ `reach_slack` × the target's."""
     error = relook_error(1 - short.best_val, 1 - again.best_val, again.budget, long)
     return error <= s.reach_slack * (1 - (s.target - s.tolerance))
 
@@ -623,8 +625,7 @@ def anneal_phase(depth: int, best_val: float, s: Settings, steps_per_epoch: int,
 
 def anneal(net: DepthNet, phase: Phase, best: dict[str, Tensor], data: Data, s: Settings, macs: int,
            emit: Callable[[dict], object], resume: dict | None = None) -> dict[str, Tensor]:
-    """Train an `anneal_phase` on from the depth's best weights `best`, the LR a cosine to zero; returns the
-    best weights (`best` if none beat it)."""
+    """Train an `anneal_phase` on from `best`, the LR a cosine to zero; returns the best weights (or `best`)."""
     d = phase.depth
     net.load_state_at(d, best)  # a resumed run skipped the phase that left them in the net
     return train_phase(net, phase, data, sgd(net.parameters_at(d), phase.lr, s), s, macs,
@@ -650,10 +651,10 @@ def shuffler(s: Settings, phase: Phase) -> torch.Generator:
 
 def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], object] | None = None,
            resume: dict | None = None) -> Result:
-    """Find the shallowest depth of `net` whose validation accuracy reaches `s.target` (Algorithm 1): warm up
-    every depth, train depth by depth until the target is met, fine-tune that depth and leave its best weights
-    in `net`. Events (per batch, per epoch, per finished phase, a `checkpoint` after every epoch) go to
-    `on_event`; nothing is printed or written. `resume`, a checkpoint event, continues that run exactly."""
+    """Find the shallowest depth of `net` whose validation accuracy reaches `s.target` (Algorithm 1): warm up every
+    depth, train depth by depth until the target is met, fine-tune that depth and leave its best weights in `net`.
+    Events (per batch, per epoch, per finished phase, a `checkpoint` after every epoch) go to `on_event`; nothing
+    is printed or written. `resume`, a checkpoint event, continues that run exactly."""
     costs, last = prepare(net, data, s), s.max_depth or net.max_depth
     start, stop, schedule = STRATEGIES[s.strategy]
     goal = s.target - s.tolerance
@@ -702,9 +703,9 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     for d in range(s.start_depth, last + 1):
         phase = Phase("search", d, start(net, d, d == s.start_depth, warm, s))
         optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
-        if straight:  # fast: the depth before missed its long look narrowly, so by the rule's own arithmetic
-            reached, promising, looked = False, True, phase  # this one is within reach: a short look would only
-        else:  # be thrown away (a near miss's long look starts over), so it gets its long look at once
+        if straight:  # fast: this depth is within reach by the one before (a narrow miss after its long look, or
+            reached, promising, looked = False, True, phase  # its look's prediction), so it gets its long look at once
+        else:
             weights[d] = train(phase, optimizer, generator)
             reached, promising, looked = phase.best_val >= goal, schedule and within_reach(phase, s, gain), phase
         if schedule and s.relook and not (reached or promising) and phase.budget > s.short_epochs:
@@ -727,6 +728,10 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
                 gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal
                 straight = not reached and narrow(tuned[d])
+        elif schedule and d < last:  # rejected on its look(s): a next depth predicted within reach would only
+            # throw its short look away (a near miss's long look starts over; a hit's goes on to the same passes)
+            error = (1 - phase.best_val) * (costs["params"][d] / costs["params"][d - 1]) ** -scaling_exponent(phase)
+            straight = within_reach(Phase("search", d + 1, 0, best_val=1 - error), s, gain)
         if reached:
             break  # §III-D: the first depth that meets the target, already fine-tuned
 
@@ -912,8 +917,7 @@ def save(model: Extracted, out_dir: str | Path, *, arch: str, depth: int, num_cl
          image_size: int, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), **record) -> Path:
     """Write what `load` reads back, atomically: odn.safetensors (the weights) and odn.json (`arch`, the name
     `load` builds again; the input normalisation `mean`/`std`; any further keyword). Returns the folder."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     record = {"arch": arch, "depth": depth, "num_classes": num_classes, "in_chans": in_chans,
               "image_size": image_size, "mean": list(mean), "std": list(std), **record}
     header = {k: record[k] for k in ("arch", "data", "depth", "max_depth", "num_classes", "in_chans", "image_size",
@@ -967,9 +971,6 @@ def load(out_dir: str | Path, build: Callable[..., DepthPartitionable] | None = 
 def sibling(name: str):
     """archs/ or data.py from beside this file, imported under a private name (odn_archs, odn_data), so
     that a user's own `archs` or `data` module neither hides them nor is hidden by them."""
-    import importlib.util
-    import sys
-
     if f"odn_{name}" in sys.modules:
         return sys.modules[f"odn_{name}"]
     folder = Path(__file__).resolve().with_name(name)  # a package (archs/) or a module (data.py); a plain folder

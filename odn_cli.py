@@ -341,27 +341,14 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     return least * per_mac, most * per_mac
 
 
-SCALING_PRIOR = 0.5  # error ∝ params^−α while no look's curve says otherwise (a common scaling-law exponent)
-# α ÷ how fast the first depth's own short look fell with its passes (`passes_exponent`): data whose error falls
-# fast with training falls fast with capacity too (full-scale records: MNIST 0.49–0.64 of 2.0–2.6, Fashion-MNIST
-# 0.39–0.47 of 0.97–1.09; one reading cannot tell them apart, its curve can)
-SCALING_PER_PASSES = 0.5
 RELOOK_PRIOR = 0.5  # a second look's error ÷ its short look's until one is measured (0.32–0.83 on bench's profiles)
-
-
-def passes_exponent(curve: list[float]) -> float | None:
-    """How fast a look's validation error fell with its passes, e ∝ passes^−a from its first to its last
-    epoch; None where it did not fall (or the curve is one epoch, or a perfect score)."""
-    if len(curve) < 2 or min(curve[0], curve[-1]) >= 1 or curve[-1] <= curve[0]:
-        return None
-    return math.log((1 - curve[0]) / (1 - curve[-1])) / math.log(len(curve))
 
 
 def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     """Seconds the search will most likely still take (`fast`): `fast`'s own rules replayed on the readings
     it has not made yet. Short-look errors follow a power of the parameters, e ∝ params^−α, through the latest
-    depth read (α fitted to the depths read; while only one is, `SCALING_PER_PASSES` × its short look's
-    `passes_exponent`, or `SCALING_PRIOR`); a long look's error is its short look's × the gain measured
+    depth read (α as `odn.scaling_exponent` takes it from the latest short look, as the search does to predict a
+    depth within reach); a long look's error is its short look's × the gain measured
     (`gain_prior` before one is); on small data a second look's is its short look's × the ratio last measured
     (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished phases, {"search" | "relook" |
     "finetune": {depth: accuracy}}, and the short looks' validation curves, {"curve": {depth: [accuracy, …]}}."""
@@ -373,19 +360,18 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     gain = min(gains) if gains else plan.get("gain_prior", 0.8)
     ratios = [(1 - again[k]) / (1 - looked[k]) for k in sorted(again) if k in looked and looked[k] < 1]
     ratio = ratios[-1] if ratios else RELOOK_PRIOR
+    curves = seen.get("curve", {})  # α as the search takes it, from the latest short look measured
+    alpha = odn.scaling_exponent(Phase("search", 1, 0, best_val=looked[max(curves)], val_curve=curves[max(curves)])
+                                 if curves else Phase("search", 1, 0))
 
     def short_error(depth: int) -> float:
         read = sorted(k for k in looked if k < depth and looked[k] < 1)
         if not read:  # nothing read yet: this depth's latest reading stands for its short look
             return 1 - epoch.get("val_acc", 0.0)
-        fall = passes_exponent(seen.get("curve", {}).get(read[0], []))
-        alpha = min(2.0, SCALING_PER_PASSES * fall) if fall else SCALING_PRIOR
-        if len(read) >= 2:  # least squares on log error against log params
-            xs, ys = [math.log(params[k - 1]) for k in read], [math.log(1 - looked[k]) for k in read]
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            spread = sum((x - mx) ** 2 for x in xs)
-            alpha = min(2.0, max(0.0, -sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread)) if spread else alpha
         return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -alpha
+
+    def within_reach(error: float) -> bool:  # `odn.within_reach`
+        return error <= reach * goal and error * gain <= slack * goal
 
     def after_relook(depth: int, error: float) -> float:  # what `odn.relook_within_reach` judges
         return odn.relook_error(1 - looked.get(depth, 1.0), error, 2 * short, long)
@@ -421,12 +407,12 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
         if stage == "short":
             if error <= goal:  # a hit: the rest of a long look's passes, then the anneal
                 return (cost + (long - short + anneal) * m) * seconds_per_mac(plan, epoch)
-            if error <= reach * goal and error * gain <= slack * goal:  # a near miss: its long look
+            if within_reach(error):  # a near miss: its long look
                 stage, error, cost = "long", error * gain, cost + long * m
             elif plan.get("relook") and d not in again:  # small data: a second look from the first's weights
                 stage, error, cost = "relook", error * ratio, cost + short * m
-            else:
-                stage, d, straight = "next", d + 1, False
+            else:  # rejected: a next depth predicted within reach gets its long look at once
+                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
             continue
         if stage == "relook":
             again[d] = 1 - error
@@ -435,7 +421,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             if after_relook(d, error) <= slack * goal:  # promising: on to a long look's passes
                 stage, error, cost = "long", after_relook(d, error), cost + (long - 2 * short) * m
             else:
-                stage, d, straight = "next", d + 1, False
+                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
             continue
         if error <= goal:  # a long look that meets the target: the anneal, and the search ends
             return (cost + anneal * m) * seconds_per_mac(plan, epoch)

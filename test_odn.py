@@ -417,7 +417,7 @@ def scripted_training(readings: dict):
 def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypatch):
     """A depth is judged at the end of its short schedule: far below target → next depth; within
     reach (error ≤ reach × the target's) → the long schedule, which then is also its fine-tune."""
-    readings = {("search", 1): 0.80, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
+    readings = {("search", 1): 0.50, ("search", 2): 0.93, ("finetune", 2): 0.955, ("search", 3): 0.99,
                 ("finetune", 3): 0.992, ("anneal", 2): 0.96, ("anneal", 3): 0.99}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
     s = odn.Settings(target=0.95, strategy="fast", reach=2.0, min_steps=1)  # within reach: error ≤ 10 %
@@ -426,10 +426,11 @@ def test_fast_gives_a_near_miss_the_long_look_and_rejects_a_distant_one(monkeypa
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [  # fast: no warm-up
         ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
     assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.96
-    # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %) and takes depth 3
+    # a tighter reach rejects depth 2 on its short look (7 % error > 1.2 × 5 %); depth 3, predicted from it at
+    # 7 % × (1218 ÷ 162 params)^−0.5 = 2.6 %, is within reach: its long look at once
     s = odn.Settings(target=0.95, strategy="fast", reach=1.2, min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases] == [("search", 1), ("search", 2), ("search", 3), ("finetune", 3)]
+    assert [(p.name, p.depth) for p in result.phases] == [("search", 1), ("search", 2), ("finetune", 3)]
     assert result.depth == 3
 
 
@@ -463,33 +464,34 @@ def test_fast_learns_from_a_long_look_which_near_misses_are_worth_another(monkey
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
     # target error 5 %: depth 1 (8 % × gain_prior 0.8 = 6.4 % ≤ 1.3 × 5 %) gets a long look, which takes the
     # error to 7 % (gain 0.875, a wide miss): depth 2 is predicted at 8 % × 0.875 = 7 % > 6.5 %: no long look;
-    # depth 3 at 6.5 % × 0.875 = 5.7 % ≤ 6.5 %: long look.
+    # depth 3, predicted from depth 2's look at 8 % × (1218 ÷ 162 params)^−0.5 × 0.875 = 2.6 %: its long look at once
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases] == [
-        ("search", 1), ("finetune", 1), ("search", 2), ("search", 3), ("finetune", 3)]
+        ("search", 1), ("finetune", 1), ("search", 2), ("finetune", 3)]
     assert result.depth == 3 and result.val_accuracy == 0.952
     # a generous slack gives depth 2 its long look too (and it misses: 93 %)
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, reach_slack=1.5, anneal_epochs=0)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert ("finetune", 2) in [(p.name, p.depth) for p in result.phases] and result.depth == 3
     # before any long look, `gain_prior` stands in for the gain: at 0.9, depth 1 (8 % × 0.9 = 7.2 % > 6.5 %)
-    # is rejected on its short look, though within `reach` (8 % ≤ 2 × 5 %)
+    # is rejected on its short look, though within `reach` (8 % ≤ 2 × 5 %); depth 2 is predicted within it
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=0, gain_prior=0.9)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    assert [(p.name, p.depth) for p in result.phases][:2] == [("search", 1), ("search", 2)]
+    assert [(p.name, p.depth) for p in result.phases][:2] == [("search", 1), ("finetune", 2)]
 
 
 def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypatch):
     """A long look that misses by little (error ≤ reach_slack × the target's) makes the next depth within reach
     by the rule's own arithmetic, so its short look could only be thrown away: it gets the long look at once.
     A wide miss does not: the next depth gets its short look as before."""
-    readings = {("search", 1): 0.80, ("search", 2): 0.92, ("finetune", 2): 0.945, ("search", 3): 0.93,
+    readings = {("search", 1): 0.50, ("search", 2): 0.92, ("finetune", 2): 0.945, ("search", 3): 0.93,
                 ("finetune", 3): 0.96, ("anneal", 3): 0.965}
     monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
     s = odn.Settings(target=0.95, strategy="fast", min_steps=1, anneal_epochs=2)
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
-    # depth 1 out of reach (20 % > 2 × 5 %); depth 2 a near miss whose long look misses narrowly (5.5 % ≤ 6.5 %)
+    # depth 1 out of reach (50 % > 2 × 5 %; depth 2 predicted from it out of reach too: 50 % × (162 ÷ 6 params)^−0.5
+    # × 0.8 = 7.7 % > 6.5 %); depth 2 a near miss whose long look misses narrowly (5.5 % ≤ 6.5 %)
     assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
         ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("finetune", 3, 8), ("anneal", 3, 2)]
     assert result.depth == 3 and result.val_accuracy == 0.965
@@ -497,6 +499,36 @@ def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypat
     result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
     assert [(p.name, p.depth) for p in result.phases][2:] == [("finetune", 2), ("search", 3), ("finetune", 3),
                                                              ("anneal", 3)]
+
+
+def test_a_depth_predicted_within_reach_by_the_look_before_gets_its_long_look_at_once(monkeypatch):
+    """A depth rejected on its short look predicts the next one's: its error × (params ratio)^−α, α half how fast
+    its own curve fell with its passes (0.5 where it did not fall). A next depth predicted within reach would only
+    throw its short look away (a near miss's long look starts over; a hit's goes on to the same passes): it gets
+    its long look at once. One predicted out of reach gets its short look as before."""
+    flat = odn.Phase("search", 1, 0.2, best_val=0.80, val_curve=[0.80, 0.80, 0.80])
+    assert odn.scaling_exponent(flat) == 0.5
+    fell = odn.Phase("search", 1, 0.2, best_val=0.88, val_curve=[0.52, 0.70, 0.88])  # 48 % → 12 % in 3 passes
+    assert odn.scaling_exponent(fell) == pytest.approx(math.log(0.48 / 0.12) / math.log(3) / 2)
+    assert odn.scaling_exponent(odn.Phase("search", 1, 0.2, best_val=1.0, val_curve=[0.5, 1.0])) == 0.5  # no error
+    readings = {("search", 1): 0.80, ("finetune", 2): 0.955, ("anneal", 2): 0.96}
+    monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    # depth 1: 20 % error, out of reach; depth 2 predicted at 3.8 % (≤ 2 × 5 %, × 0.8 ≤ 1.3 × 5 %)
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("search", 1, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
+    assert result.depth == 2 and result.val_accuracy == 0.96
+    readings.update({("search", 1): 0.50, ("search", 2): 0.96, ("finetune", 2): 0.97, ("anneal", 2): 0.97})
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    # depth 1 at 50 %: depth 2 predicted at 9.6 % (× 0.8 = 7.7 % > 6.5 %): a short look, a hit, gone on
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 5), ("anneal", 2, 4)]
+    # the paper's protocol has no long look: depth 1 at 80 % again, and depth 2 is searched in full
+    readings[("search", 1)] = 0.80
+    paper = odn.Settings(target=0.95, strategy="paper", warmup_epochs=0, patience=1, max_epochs=2)
+    result = odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), paper)
+    assert [(p.name, p.depth) for p in result.phases][:2] == [("search", 1), ("search", 2)]
 
 
 def test_fast_has_no_warm_up_and_its_looks_start_from_the_initial_weights(monkeypatch):
@@ -1256,40 +1288,46 @@ def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_th
     plan = {"macs": [1, 2, 4, 8], "params": [1, 4, 16, 64], "start": 1, "last": 4, "goal": 0.95, "warmup_epochs": 1,
             "short": 3, "long": 8, "anneal": 2, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8}
     done = {"phase": "search", "depth": 1, "epoch": 3, "budget": 3, "seconds": 10.0, "best_val": 0.88}
-    # depth 1 misses out of reach (12 % > 10 %); depth 2 predicted at 12 % × 4^−0.5 = 6 %: a near miss whose
-    # long look reads 4.8 %, a hit: depth 2's short look, long look and anneal, 10 s per multiply-add unit
-    assert odn_cli.search_forecast(plan, {"search": {1: 0.88}}, done) == pytest.approx(10 * (3 + 8 + 2) * 2)
+    # depth 1 misses out of reach (12 % > 10 %); depth 2 predicted at 12 % × 4^−0.5 = 6 %, within reach: its long
+    # look at once reads 4.8 %, a hit: depth 2's long look and anneal, 10 s per multiply-add unit
+    assert odn_cli.search_forecast(plan, {"search": {1: 0.88}}, done) == pytest.approx(10 * (8 + 2) * 2)
     # depth 1's long look missed narrowly (6 % ≤ 1.3 × 5 %, gain 0.5): depth 2 gets its long look at once,
     # predicted at 12 % × 0.5 × 0.5 = 3 %, a hit; then its anneal
     seen = {"search": {1: 0.88}, "finetune": {1: 0.94}}
     done_long = {**done, "phase": "finetune", "epoch": 8, "budget": 8, "best_val": 0.94}
     assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 + 2) * 2)
-    # two depths read with no fall in error between them: α fitted to 0, so every deeper depth is predicted to
-    # miss narrowly — all of them get long looks, then the anneal at the deepest
+    # two depths read, depth 2's long look a narrow miss too (6 %, gain 0.5): depth 3 at once, predicted from the
+    # latest short look at 12 % × 4^−0.5 × 0.5 = 3 %, a hit (α 0.5: no curve recorded); then its anneal
     seen = {"search": {1: 0.88, 2: 0.88}, "finetune": {1: 0.94, 2: 0.94}}
     done_long = {**done_long, "depth": 2, "seconds": 20.0}
-    assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 * (4 + 8) + 2 * 8))
+    assert odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 + 2) * 4)
+    # the same with depth 2's look recorded as barely falling (α 0.04): depth 3 at 12 % × 4^−0.04 × 0.5 = 5.7 %,
+    # a narrow miss, so depth 4 gets its long look at once, then the anneal there
+    seen["curve"] = {2: [0.87, 0.88, 0.88]}
+    alpha = odn.scaling_exponent(odn.Phase("search", 2, 0, best_val=0.88, val_curve=[0.87, 0.88, 0.88]))
+    assert alpha < 0.04 and odn_cli.search_forecast(plan, seen, done_long) == pytest.approx(10 * (8 * 4 + (8 + 2) * 8))
     # in the anneal only its own epochs are left
     assert odn_cli.search_forecast(plan, {}, {**done, "phase": "anneal", "epoch": 1, "budget": 2}) == 10
 
 
-def test_the_forecast_takes_alpha_from_how_fast_the_first_short_look_fell_with_its_passes():
-    """One depth read: α is `SCALING_PER_PASSES` × the exponent of its short look's own curve (e ∝ passes^−a), so
-    data whose error falls fast with training is predicted to fall fast with capacity (MNIST against
-    Fashion-MNIST at full scale); a curve that did not fall leaves `SCALING_PRIOR`."""
+def test_the_forecast_takes_alpha_from_how_fast_the_latest_short_look_fell_with_its_passes():
+    """α is `odn.scaling_exponent` of the latest short look measured (half the exponent of its own curve, e ∝
+    passes^−2α), as the search takes it: data whose error falls fast with training is predicted to fall fast with
+    capacity (MNIST against Fashion-MNIST at full scale); a curve that did not fall leaves 0.5."""
     plan = {"macs": [1, 2, 4, 8], "params": [1, 4, 16, 64], "start": 1, "last": 4, "goal": 0.95, "warmup_epochs": 1,
             "short": 3, "long": 8, "anneal": 2, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8}
     done = {"phase": "search", "depth": 1, "epoch": 3, "budget": 3, "seconds": 10.0, "best_val": 0.88}
-    assert odn_cli.passes_exponent([0.52, 0.88]) == pytest.approx(2.0)  # 48 % → 12 % in 2 passes: 2^−2
-    assert odn_cli.passes_exponent([0.88, 0.87]) is None and odn_cli.passes_exponent([0.5]) is None
-    # fast (a = 2, α = 1): depth 2 at 12 % × 4^−1 = 3 %, a hit on its short look: 3 + 5 epochs and the anneal
+    look = lambda curve: odn.Phase("search", 1, 0.2, best_val=curve[-1], val_curve=curve)
+    assert odn.scaling_exponent(look([0.52, 0.88])) == pytest.approx(1.0)  # 48 % → 12 % in 2 passes: 2^−2
+    assert odn.scaling_exponent(look([0.88, 0.87])) == odn.scaling_exponent(look([0.5])) == 0.5
+    # fast (α = 1): depth 2 predicted at 12 % × 4^−1 = 3 %, within reach: its long look at once, a hit, the anneal
     fast = {"search": {1: 0.88}, "curve": {1: [0.52, 0.88]}}
-    assert odn_cli.search_forecast(plan, fast, done) == pytest.approx(10 * (3 + 5 + 2) * 2)
-    # slow (20 % → 12 %: a = 0.74, α = 0.37): depth 2 at 7.2 %, its long look 5.8 % (a narrow miss), so depth 3
-    # gets its long look at once (3.5 %, a hit) and the anneal
+    assert odn_cli.search_forecast(plan, fast, done) == pytest.approx(10 * (8 + 2) * 2)
+    # slow (20 % → 12 %: α = 0.37): depth 2 at 7.2 %, within reach: its long look at once reads 5.8 % (a narrow
+    # miss), so depth 3 gets its long look at once (3.5 %, a hit) and the anneal
     slow = {"search": {1: 0.88}, "curve": {1: [0.80, 0.88]}}
-    assert odn_cli.search_forecast(plan, slow, done) == pytest.approx(10 * ((3 + 8) * 2 + (8 + 2) * 4))
-    # a curve that rose: the prior, as with no curve at all
+    assert odn_cli.search_forecast(plan, slow, done) == pytest.approx(10 * (8 * 2 + (8 + 2) * 4))
+    # a curve that rose: 0.5, as with no curve at all
     flat = {"search": {1: 0.88}, "curve": {1: [0.88, 0.87]}}
     assert odn_cli.search_forecast(plan, flat, done) == odn_cli.search_forecast(plan, {"search": {1: 0.88}}, done)
     # the curves reach the forecast from the search's phase events, and from a resumed run's journal

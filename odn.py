@@ -372,7 +372,7 @@ class Settings:
 @dataclass
 class Phase:
     """One phase of the run and what it cost; serialisable, so a run can be recorded and resumed."""
-    name: str  # warmup | search | finetune | anneal | baseline
+    name: str  # warmup | search | relook | finetune | anneal | baseline
     depth: int
     lr: float
     epochs: int = 0

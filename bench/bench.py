@@ -391,15 +391,17 @@ def eta(run: str, every: int = 1) -> None:
                                           "last": s["max_depth"] or record["max_depth"]}, images)
     epochs = [json.loads(line) for line in (Path(run) / "history.jsonl").read_text().splitlines()]
     epochs = [e for e in epochs if e["event"] == "epoch" and e["phase"] != "baseline"]
-    elapsed, done, rows, seen = 0.0, {}, [], {}
+    elapsed, done, rows, seen, curves = 0.0, {}, [], {}, {}
     for e in epochs:  # an epoch record carries its phase's mean seconds an epoch so far
         key = (e["phase"], e["depth"])
         elapsed += e["seconds"] * e["epoch"] - done.get(key, 0.0)
         done[key] = e["seconds"] * e["epoch"]
+        curves[key] = curves.get(key, [])[:e["epoch"] - 1] + [e["val_acc"]]
         likely = odn_cli.search_forecast(plan, seen, e)  # what the line said, with the evidence it had then
         rows.append((e, elapsed, *odn_cli.search_left(plan, e), likely))
-        if e["phase"] in ("search", "finetune") and e["epoch"] >= e["budget"]:  # the phase's record, as the CLI
-            seen.setdefault(e["phase"], {})[e["depth"]] = e["best_val"]
+        if e["phase"] in ("search", "relook", "finetune") and e["epoch"] >= e["budget"]:  # its record, as the CLI
+            odn_cli.remember(seen, {"name": e["phase"], "depth": e["depth"], "best_val": e["best_val"],
+                                    "val_curve": curves[key]})
     print("| phase | depth | epoch | elapsed | really left | forecast | its error | at least | at most |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for i, (e, at, least, most, likely) in enumerate(rows):

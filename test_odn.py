@@ -1143,8 +1143,11 @@ def test_a_timed_speed_choice_is_remembered_per_machine_and_network(monkeypatch,
     # a setting given on the command line wins over the remembered one; the rest is still remembered
     given = odn_cli.remembered_speed(net, data, s, "tiny", False, None, lambda a, c: pytest.fail("timed again"))
     assert (given["amp"], given["channels_last"], given["source"]) == (False, True, "remembered")
-    # another architecture, batch size, start depth or image shape is another key, timed afresh
-    for other in (dict(arch="other"), dict(s=odn.Settings(batch_size=64)), dict(s=odn.Settings(start_depth=2))):
+    # another architecture, batch size, depth timed or image shape is another key, timed afresh; the depth timed
+    # is two blocks past the first (the first alone is a poor proxy for the search's epochs), within max_depth
+    assert net.max_depth == 2 and odn_cli.probe_depth(net, s) == 2 and odn_cli.probe_depth(net, odn.Settings(
+        max_depth=1)) == 1 and odn_cli.probe_depth(odn.DepthNet(TinyNet(depth=3), 2), s) == 3
+    for other in (dict(arch="other"), dict(s=odn.Settings(batch_size=64)), dict(s=odn.Settings(max_depth=1))):
         arch, settings = other.get("arch", "tiny"), other.get("s", s)
         assert odn_cli.speed_key(net, data, settings, arch) != key
         fresh = odn_cli.remembered_speed(net, data, settings, arch, None, None, lambda a, c: first[a, c] * 2)

@@ -156,9 +156,8 @@ def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
 
 def batches(x: Tensor, y: Tensor, batch_size: int, data: Data, generator: torch.Generator | None = None,
             memory_format: torch.memory_format = torch.contiguous_format, order: Tensor | None = None, first: int = 0):
-    """Yield normalised (x, y) batches; shuffled when a generator is given (in `order`, from image `first`).
-    Under torchrun every rank draws the same order and takes its share of each batch: together the ranks
-    train on exactly the batches one process would."""
+    """Yield normalised (x, y) batches; shuffled when a generator is given (in `order`, from image `first`). Under
+    torchrun every rank draws the same order and takes its share of each batch: the batches one process would."""
     n, (rank, world) = len(x), rank_and_world()
     if generator is not None and order is None:
         order = torch.randperm(n, generator=generator).to(x.device)
@@ -258,10 +257,11 @@ def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.op
                 data: Data, s: Settings, generator: torch.Generator,
                 on_batch: Callable[[int], bool | None] | None = None,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                position: dict | None = None) -> tuple[float, int]:
+                position: dict | None = None, alone: bool = False) -> tuple[float, int]:
     """One pass over the training split; returns (mean loss, images seen), with one host sync. A `scheduler`
     steps after every batch (`fast`'s one-cycle). When `on_batch` returns True the epoch stops at that batch
-    and raises `Interrupted` with its `position` (order, next image, running loss) to continue it exactly."""
+    and raises `Interrupted` with its `position` (order, next image, running loss) to continue it exactly.
+    `alone`: this process only, without collectives (a speed probe that rank 0 times by itself)."""
     device = data.training_device
     # bf16 where the hardware has it (CPUs, Ampere+ GPUs); fp16 with loss scaling on older GPUs
     half = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
@@ -270,7 +270,8 @@ def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.op
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     position = position or {"order": torch.randperm(len(data.train[1]), generator=generator),
                             "next": 0, "total": 0.0, "images": 0}
-    rank, world = rank_and_world()
+    rank, world = (0, 1) if alone else rank_and_world()
+    reduce = collective if world > 1 else (lambda values: values)
     # a resumed epoch's running totals are the whole job's: rank 0 carries them, the others start at 0
     total = torch.tensor(position["total"] if rank == 0 else 0.0, dtype=torch.float32, device=device)
     images = position["images"] if rank == 0 else 0
@@ -290,11 +291,11 @@ def train_epoch(loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.op
         if world > 1:  # a signal reaches the ranks at different batches: stop where the first one saw it
             stop = bool(collective(torch.tensor([float(stop)], device=device)) > 0)
         if stop:
-            total, images = collective(torch.stack([total.double(), total.new_tensor(images, dtype=torch.float64)])).tolist()
+            total, images = reduce(torch.stack([total.double(), total.new_tensor(images, dtype=torch.float64)])).tolist()
             raise Interrupted({"order": order, "next": first + (i + 1) * s.batch_size, "total": total,
                                "images": int(images)})
     # the loss and the images of every rank: FLOPs and the logged loss cover the whole job
-    total, images = collective(torch.stack([total.double(), total.new_tensor(images, dtype=torch.float64)])).tolist()
+    total, images = reduce(torch.stack([total.double(), total.new_tensor(images, dtype=torch.float64)])).tolist()
     return total / max(images, 1), int(images)
 
 
@@ -434,8 +435,7 @@ def train_phase(net: DepthNet, phase: Phase, data: Data, optimizer: torch.optim.
                 schedule: Callable[[int, int], float] | None = None, resume: dict | None = None) -> dict[str, Tensor]:
     """Train at one depth until `stop` (default: the plateau rule's convergence); returns the best weights. Without
     a `schedule` the plateau rule decays the LR (§III-C); with one, the LR is `schedule(step, steps)` × the phase's
-    LR over its fixed budget of epochs. A `checkpoint` event after every epoch carries the whole state; `resume`
-    (such a state) continues from it."""
+    LR over its fixed epochs. A `checkpoint` event after every epoch carries the state; `resume` continues it."""
     d, stop = phase.depth, stop or converged
     best = net.state_at(d)
     forward = trainable(net, d)

@@ -69,6 +69,9 @@ def remembered_speed(net: DepthNet, data: Data, s: Settings, arch: str, amp: boo
     flip with the load on the machine, and bf16 trains other weights than fp32. Delete the file to time again.
     """
     key, path = speed_key(net, data, s, arch), speed_memory()
+    if amp is not None and (channels_last is not None or data.train[0].dim() != 4):  # nothing left to choose
+        return {"amp": amp, "channels_last": bool(channels_last), "source": "given", "key": key, "file": str(path),
+                "seconds_per_image": {}}
     try:
         memory = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -128,11 +131,11 @@ def time_training_steps(net: DepthNet, data: Data, s: Settings, depth: int, amp:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = lambda a, b: F.cross_entropy(model(a), b)
     generator = torch.Generator().manual_seed(0)
-    train_epoch(loss_fn, optimizer, probe(images), trial, generator)  # first step: allocation, kernel choice
+    train_epoch(loss_fn, optimizer, probe(images), trial, generator, alone=True)  # allocation, kernel choice
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
-    _, seen = train_epoch(loss_fn, optimizer, probe(images * steps), trial, generator)
+    _, seen = train_epoch(loss_fn, optimizer, probe(images * steps), trial, generator, alone=True)
     sync()
     return (time.perf_counter() - start) / max(seen, 1)
 

@@ -1143,6 +1143,9 @@ def test_a_timed_speed_choice_is_remembered_per_machine_and_network(monkeypatch,
     # a setting given on the command line wins over the remembered one; the rest is still remembered
     given = odn_cli.remembered_speed(net, data, s, "tiny", False, None, lambda a, c: pytest.fail("timed again"))
     assert (given["amp"], given["channels_last"], given["source"]) == (False, True, "remembered")
+    # both given: nothing to choose, nothing timed, even for a network never timed
+    both = odn_cli.remembered_speed(net, data, s, "never timed", True, False, lambda a, c: pytest.fail("timed"))
+    assert (both["amp"], both["channels_last"], both["source"], both["seconds_per_image"]) == (True, False, "given", {})
     # another architecture, batch size, depth timed or image shape is another key, timed afresh; the depth timed
     # is two blocks past the first (the first alone is a poor proxy for the search's epochs), within max_depth
     assert net.max_depth == 2 and odn_cli.probe_depth(net, s) == 2 and odn_cli.probe_depth(net, odn.Settings(
@@ -1741,13 +1744,15 @@ TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--
 def test_torchrun_cli_runs_the_same_search_and_only_rank_0_writes(tmp_path):
     """The card's CLI under torchrun (2 CPU processes, gloo) against one process: same depth and the
     same epochs per phase; one report, one history line per epoch, no file outside --out. Batch-norm
-    statistics are per rank, so accuracies may differ in the last digits (not asserted)."""
+    statistics are per rank, so accuracies may differ in the last digits (not asserted). Nothing remembered yet:
+    rank 0 times the speed settings alone (no collective in its probe) while rank 1 waits for its choice."""
     flags = ["--strategy", "fast", "--target", "0.9", "--max-depth", "3", "--short-epochs", "1", "--long-epochs", "2",
              "--batch-size", "12"]
-    env = {**os.environ, **ONE_THREAD}
+    env = {**os.environ, **ONE_THREAD, "ODN_CACHE": str(tmp_path.parent / f"{tmp_path.name}-cache")}
     two = subprocess.run([*TORCHRUN_2, str(HERE / "odn.py"), *flags, "--out", "two"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "odn.json").read_text())["speed"]["source"] == "timed"
     one = run_cli(*flags, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     records = [json.loads((tmp_path / name / "odn.json").read_text()) for name in ("two", "one")]

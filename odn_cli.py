@@ -40,8 +40,8 @@ SPEED_MARGIN = 0.05  # another setting must be this much faster than plain fp32 
 
 def probe_depth(net: DepthNet, s: Settings) -> int:
     """The depth the speed probe times: two blocks past the first. The search's epochs are mostly deeper than its
-    first, and the first block alone is a poor proxy: on an AMD EPYC, ResNet-34 with bf16 timed the same with and
-    without channels-last at depth 1 and 1.4 × faster with it at depths 2–3 (BENCHMARKS, fourth session)."""
+    first, and the first block alone is a poor proxy: on an AMD EPYC, a ResNet-34 depth-1 timing kept bf16 without
+    channels-last, and depths 2–3 then trained ≈ 1.4 × slower than other runs with it (BENCHMARKS, fifth session)."""
     return min(s.max_depth or net.max_depth, s.start_depth + 2)
 
 

@@ -79,6 +79,12 @@ PROFILES = {
                        settings=SMALL),
     "mnist_mbv2_1k": dict(arch="mobilenetv2_100", data="mnist", target=0.85, train=1000, val=1000,
                           settings=SMALL),
+    # held out, frozen 2026-12-03 (fifth session) before they first ran, after the prediction rule (a depth
+    # predicted within reach gets its long look at once) and the deeper speed probe: families never tried
+    "mnist_mbv3_2k": dict(arch="mobilenetv3_small_100", data="mnist", target=0.90, train=2000, val=1000,
+                          settings=SMALL),
+    "fashion_r26_1500": dict(arch="resnet26", data="fashion_mnist", target=0.80, train=1500, val=1000,
+                             settings=SMALL),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),

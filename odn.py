@@ -610,12 +610,6 @@ def relook_error(before: float, after: float, passes: int, long: int) -> float:
     return after * (long / passes) ** -max(0.0, math.log2(before / after)) if after > 0 else 0.0
 
 
-def relook_within_reach(short: Phase, again: Phase, s: Settings, long: int) -> bool:
-    """`fast` on small data, after a second look: within reach when `relook_error` ≤ `reach_slack` × the target's."""
-    error = relook_error(1 - short.best_val, 1 - again.best_val, again.budget, long)
-    return error <= s.reach_slack * (1 - (s.target - s.tolerance))
-
-
 def anneal_phase(depth: int, best_val: float, s: Settings, steps_per_epoch: int, name: str = "anneal") -> Phase:
     """`fast`'s last step for a depth: a tenth of the peak LR for the rest of `long_epochs + anneal_epochs`
     passes (budget 0: none), from `best_val`, so its weights are kept only if validation improves."""
@@ -714,14 +708,17 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             net.load_state_at(d, weights[d])
             weights[d] = train(looked, sgd(net.parameters_at(d), looked.lr, s), shuffler(s, looked))
             looked = dataclasses.replace(looked, budget=phase.budget + looked.budget)  # passes made at depth d
-            reached = looked.best_val >= goal
-            promising = relook_within_reach(phase, looked, s, schedule_epochs(Phase("finetune", d, 0), s, per_epoch))
+            reached = looked.best_val >= goal  # within reach: its error carried on to a long look's passes ≤ slack
+            predicted = relook_error(1 - phase.best_val, 1 - looked.best_val, looked.budget,
+                                     schedule_epochs(Phase("finetune", d, 0), s, per_epoch))
+            promising = predicted <= s.reach_slack * (1 - goal)
         # fast judges a near miss only after the long schedule, which is then also its fine-tune
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
-            if looked.name == "relook" and goal > tuned[d].best_val and narrow(tuned[d]):
+            if looked.name == "relook" and goal > tuned[d].best_val and narrow(tuned[d]) and predicted <= 1 - goal:
                 # a second look's continuation (three warm restarts) can understate the depth trained once: a
-                # narrow miss there gets a long look started over too, and keeps the better
+                # narrow miss there gets a long look started over too, and keeps the better; only where the second
+                # look predicted a hit (that prediction was never above the fresh look's error on bench's profiles)
                 kept, again = weights[d], fine_tune(d, phase, optimizer, generator, continuing=False)
                 tuned[d], weights[d] = (again, weights[d]) if again.best_val > tuned[d].best_val else (tuned[d], kept)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured

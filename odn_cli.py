@@ -384,7 +384,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     def within_reach(error: float) -> bool:  # `odn.within_reach`
         return error <= reach * goal and error * gain <= slack * goal
 
-    def after_relook(depth: int, error: float) -> float:  # what `odn.relook_within_reach` judges
+    def after_relook(depth: int, error: float) -> float:  # what `odn.search` judges a second look by
         return odn.relook_error(1 - looked.get(depth, 1.0), error, 2 * short, long)
 
     # the phase in training now: what is left of it, and the reading it will end on (measured at its end)
@@ -436,7 +436,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             continue
         if error <= goal:  # a long look that meets the target: the anneal, and the search ends
             return (cost + anneal * m) * seconds_per_mac(plan, epoch)
-        if d in again and not fresh and error <= slack * goal:  # a continuation's narrow miss: a long look too
+        if d in again and not fresh and error <= slack * goal and after_relook(d, 1 - again[d]) <= goal:
+            # a continuation's narrow miss where the second look predicted a hit: a long look started over too
             fresh, error, cost = True, min(error, (1 - looked.get(d, 1.0)) * gain), cost + long * m
             continue
         stage, d, straight, fresh = "next", d + 1, error <= slack * goal, False

@@ -85,6 +85,13 @@ PROFILES = {
                           settings=SMALL),
     "fashion_r26_1500": dict(arch="resnet26", data="fashion_mnist", target=0.80, train=1500, val=1000,
                              settings=SMALL),
+    # held out, frozen 2026-12-03 (sixth session) before they first ran, after a continuation's narrow miss got its
+    # long look started over only where the second look predicted a hit: families never tried (EfficientNet's
+    # inverted residuals with squeeze-excite, ResNet-50's bottlenecks)
+    "mnist_effb0_2500": dict(arch="efficientnet_b0", data="mnist", target=0.93, train=2500, val=1000,
+                             settings=SMALL),
+    "fashion_r50_2k": dict(arch="resnet50", data="fashion_mnist", target=0.82, train=2000, val=1000,
+                           settings=SMALL),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),

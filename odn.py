@@ -708,7 +708,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             net.load_state_at(d, weights[d])
             weights[d] = train(looked, sgd(net.parameters_at(d), looked.lr, s), shuffler(s, looked))
             looked = dataclasses.replace(looked, budget=phase.budget + looked.budget)  # passes made at depth d
-            reached = looked.best_val >= goal  # within reach: its error carried on to a long look's passes ≤ slack
+            reached = looked.best_val >= goal
+            # within reach where its error, carried on to a long look's passes, is ≤ slack × the target's
             predicted = relook_error(1 - phase.best_val, 1 - looked.best_val, looked.budget,
                                      schedule_epochs(Phase("finetune", d, 0), s, per_epoch))
             promising = predicted <= s.reach_slack * (1 - goal)

@@ -673,16 +673,17 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     def fine_tune(d: int, searched: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                   continuing: bool) -> Phase:
         """§III-D: train depth d on until it converges; returns the fine-tune phase."""
-        if schedule and (searched.best_val >= goal or searched.name == "relook"):
-            # fast, a look that met the target (or a second look that points to it) goes on through one more
-            # one-cycle (a warm restart) to a long look's passes, not started over; kept only if validation improves
+        if schedule and searched.best_val >= goal:
+            # fast, a look that met the target goes on through one more one-cycle (a warm restart) to a long look's
+            # passes, not started over; kept only if validation improves
             long = schedule_epochs(Phase("finetune", d, 0), s, per_epoch)
             if long == searched.budget:
                 return searched  # it has had a long look's passes already
             phase = Phase("finetune", d, s.peak_lr, best_val=searched.best_val, budget=long - searched.budget)
             net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
             optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
-        elif schedule:  # fast, a near miss: the long schedule, from the warm-up weights like the short look
+        elif schedule:  # fast, a near miss (or a second look that points within reach): the long schedule, from
+            # the warm-up weights like the short look; three warm restarts read lower than one cycle as long
             phase = Phase("finetune", d, start(net, d, False, warm, s))
             optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
         else:  # same optimizer; a phase a rule stopped before it converged is continued with its counters
@@ -716,12 +717,6 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         # fast judges a near miss only after the long schedule, which is then also its fine-tune
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
-            if looked.name == "relook" and goal > tuned[d].best_val and narrow(tuned[d]) and predicted <= 1 - goal:
-                # a second look's continuation (three warm restarts) can understate the depth trained once: a
-                # narrow miss there gets a long look started over too, and keeps the better; only where the second
-                # look predicted a hit (that prediction was never above the fresh look's error on bench's profiles)
-                kept, again = weights[d], fine_tune(d, phase, optimizer, generator, continuing=False)
-                tuned[d], weights[d] = (again, weights[d]) if again.best_val > tuned[d].best_val else (tuned[d], kept)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured
                 gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal

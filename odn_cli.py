@@ -341,10 +341,9 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
         least = this_phase + anneal * macs[d - 1]
         most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
             least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
-    elif epoch["phase"] == "relook":  # a hit or a promising second look goes on to a long look's passes
+    elif epoch["phase"] == "relook":  # a hit goes on to a long look's passes; a promising miss has a whole long look
         least = this_phase + (long - 2 * short + anneal) * macs[d - 1]
-        most = this_phase + (long - 2 * short) * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + \
-            anneal * macs[plan["last"] - 1]
+        most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
     else:  # a short look: a hit goes on for the rest of a long look's passes; a near miss has a whole long look
         least = this_phase + (long - short + anneal) * macs[d - 1]
         most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
@@ -391,7 +390,6 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     d, name, ended = epoch["depth"], epoch["phase"], epoch["epoch"] >= epoch["budget"]
     cost = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] * (plan.get("warmup_share", 1.0) if name == "warmup" else 1)
     measured, straight = 1 - epoch.get("best_val", 0.0), False
-    fresh = name == "finetune" and d in again and epoch["budget"] == long  # a continuation's narrow miss's long look
     if name == "anneal":
         return cost * seconds_per_mac(plan, epoch)
     if name == "warmup":
@@ -401,8 +399,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
         looked[d] = 1 - error
     elif name == "relook":
         stage, error = "relook", measured if ended else (1 - looked[d]) * ratio
-    else:  # a long look, or the rest of one after a hit or a promising second look
-        predicted = after_relook(d, 1 - again[d]) if d in again and not fresh else \
+    else:  # a long look (after a near miss or a promising second look), or the rest of one after a hit
+        predicted = after_relook(d, 1 - again[d]) if d in again else \
             (1 - looked[d]) * gain if d in looked else short_error(d) * gain
         stage, error = "long", measured if ended else min(predicted, measured)
     while True:  # `odn.search`'s rules, phase by phase, on predicted readings
@@ -429,18 +427,14 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             again[d] = 1 - error
             if error <= goal:
                 return (cost + (long - 2 * short + anneal) * m) * seconds_per_mac(plan, epoch)
-            if after_relook(d, error) <= slack * goal:  # promising: on to a long look's passes
-                stage, error, cost = "long", after_relook(d, error), cost + (long - 2 * short) * m
+            if after_relook(d, error) <= slack * goal:  # promising: a long look started over
+                stage, error, cost = "long", after_relook(d, error), cost + long * m
             else:
                 stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
             continue
         if error <= goal:  # a long look that meets the target: the anneal, and the search ends
             return (cost + anneal * m) * seconds_per_mac(plan, epoch)
-        if d in again and not fresh and error <= slack * goal and after_relook(d, 1 - again[d]) <= goal:
-            # a continuation's narrow miss where the second look predicted a hit: a long look started over too
-            fresh, error, cost = True, min(error, (1 - looked.get(d, 1.0)) * gain), cost + long * m
-            continue
-        stage, d, straight, fresh = "next", d + 1, error <= slack * goal, False
+        stage, d, straight = "next", d + 1, error <= slack * goal
 
 
 def evidence(resume: dict | None) -> dict:

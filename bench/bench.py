@@ -92,6 +92,14 @@ PROFILES = {
                              settings=SMALL),
     "fashion_r50_2k": dict(arch="resnet50", data="fashion_mnist", target=0.82, train=2000, val=1000,
                            settings=SMALL),
+    # held out, frozen 2026-12-03 (seventh session) before they first ran, after a second look that points within
+    # reach got a long look started over instead of a continuation: families never tried (MobileNetV1's plain
+    # depthwise-separable blocks; ConvNeXt's LayerNorm and GELU) and ResNet-26 on MNIST
+    "mnist_mbv1_2500": dict(arch="mobilenetv1_100", data="mnist", target=0.93, train=2500, val=1000,
+                            settings=SMALL),
+    "fashion_cnx_2k": dict(arch="convnext_atto", data="fashion_mnist", target=0.80, train=2000, val=1000,
+                           settings=SMALL),
+    "mnist_r26_2k": dict(arch="resnet26", data="mnist", target=0.95, train=2000, val=1000, settings=SMALL),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),

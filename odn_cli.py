@@ -656,10 +656,19 @@ def export_onnx(model: nn.Module, sample: Tensor, path: Path) -> None:
 
     model = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
-        program = torch.onnx.export(model, (sample.float().contiguous(),), input_names=["image"],
-                                    output_names=["logits"], dynamic_shapes={"x": {0: batch}}, dynamo=True,
-                                    opset_version=18, verbose=False)
+    # traced on two images: on one, torch.export may take the size-1 batch for a constant and then refuse the
+    # dynamic axis (ConvNeXt-atto: "Invalid ranges [2:1]"); the axis still takes any batch, one image included
+    two = sample[:1].float().expand(2, *sample.shape[1:]).contiguous()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
+            program = torch.onnx.export(model, (two,), input_names=["image"],
+                                        output_names=["logits"], dynamic_shapes={"x": {0: batch}}, dynamo=True,
+                                        opset_version=18, verbose=False)
+    except Exception as error:  # the exporter's own errors run to pages: one line, and the weights are kept
+        cause = next((line.strip() for line in str(error).splitlines() if line.startswith("<class")), "")
+        raise ValueError(f"torch.onnx could not export this network to {path.name} ({type(error).__name__}"
+                         f"{': ' + cause if cause else ''}); the PyTorch weights are saved: load them with odn.load, "
+                         "or try `python odn.py export RUN_DIR` with another torch") from None
     atomic_write(path, lambda name: program.save(name))
 
 

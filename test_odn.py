@@ -1710,6 +1710,35 @@ def test_export_of_an_existing_run_with_int8(tmp_path, uninterrupted):
     assert 0 < q["test_accuracy"] <= 1 and "int8:" in done.stdout
 
 
+@needs_deploy
+def test_onnx_export_of_a_convnext_takes_one_image_and_many(tmp_path):
+    """Traced on one image, ConvNeXt-atto's export failed ("Invalid ranges [2:1]": torch.export took the batch of
+    one for a constant); traced on two, the file's batch axis takes one image and many, matching PyTorch."""
+    torch.manual_seed(0)
+    net = odn.DepthNet(odn.build("convnext_atto", num_classes=10, in_chans=1, image_size=28), 10)
+    model = odn.extract(net, 2).eval()
+    odn_cli.export_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "model.onnx")
+    session = odn_cli.onnx_session(tmp_path / "model.onnx")
+    for n in (1, 3):
+        x = torch.randn(n, 1, 28, 28)
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        torch.testing.assert_close(got, model(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_an_exporter_failure_is_one_line_and_writes_nothing(monkeypatch, tmp_path):
+    """torch.onnx's own errors run to pages: the CLI says one line (the run's weights are already saved)."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("step 1/3 ...\n<class 'torch._dynamo.exc.UserError'>: Invalid ranges [2:1]\nmore pages")
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(ValueError) as raised:
+        odn_cli.export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(1, 1, 2, 2), tmp_path / "m.onnx")
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(
+        "torch.onnx could not export this network to m.onnx (RuntimeError: <class 'torch._dynamo.exc.UserError'>: "
+        "Invalid ranges [2:1]); the PyTorch weights are saved")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @slow
 def test_without_the_deploy_and_plot_extras_the_run_says_so_once_and_finishes(tmp_path):
     out = tmp_path / "run"

@@ -341,11 +341,10 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
         least = this_phase + anneal * macs[d - 1]
         most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
             least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
-    elif epoch["phase"] == "relook":  # a hit goes on to a long look's passes; a promising miss has a whole long look
-        least = this_phase + (long - 2 * short + anneal) * macs[d - 1]
-        most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
-    else:  # a short look: a hit goes on for the rest of a long look's passes; a near miss has a whole long look
-        least = this_phase + (long - short + anneal) * macs[d - 1]
+    else:  # a short or second look: a hit goes on for the rest of a long look's passes; a near miss (or a
+        # promising second look) has a whole long look
+        passes = 2 * short if epoch["phase"] == "relook" else short
+        least = this_phase + (long - passes + anneal) * macs[d - 1]
         most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
     per_mac = seconds_per_mac(plan, epoch)
     return least * per_mac, most * per_mac

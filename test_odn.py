@@ -1307,6 +1307,10 @@ def test_the_search_estimate_spans_this_depth_meeting_the_target_to_every_depth_
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * (7 + 2) * 2, 5 * (7 + 2) * 2)
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.5}) == (5 * (7 + 2) * 2, 5 * (7 * 2 + (3 + 8) * 4 + 2 * 4))
     assert odn_cli.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == (5 * 1 * 2, 5 * 1 * 2)
+    # a second look: a hit goes on for the passes a long look has left after two looks; a promising miss has a
+    # whole long look started over
+    assert odn_cli.search_left(plan, {**search, "phase": "relook"}) == (
+        5 * (2 * 2 + (8 - 2 * 3 + 2) * 2), 5 * (2 * 2 + 8 * 2 + (3 + 8) * 4 + 2 * 4))
 
 
 def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_the_parameters():

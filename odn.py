@@ -673,17 +673,20 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
     def fine_tune(d: int, searched: Phase, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                   continuing: bool) -> Phase:
         """§III-D: train depth d on until it converges; returns the fine-tune phase."""
-        if schedule and searched.best_val >= goal:
+        if schedule and (searched.best_val >= goal or searched.name == "relook"):
             # fast, a look that met the target goes on through one more one-cycle (a warm restart) to a long look's
-            # passes, not started over; kept only if validation improves
+            # passes, not started over; kept only if validation improves. A second look that points within reach
+            # goes on alike for a long look's passes beyond its short look (the short look was only a probe): it
+            # reads above the long look started over, which would throw both looks away
             long = schedule_epochs(Phase("finetune", d, 0), s, per_epoch)
-            if long == searched.budget:
+            made = searched.budget - (0 if searched.best_val >= goal else schedule_epochs(Phase("search", d, 0), s,
+                                                                                          per_epoch))
+            if long == made:
                 return searched  # it has had a long look's passes already
-            phase = Phase("finetune", d, s.peak_lr, best_val=searched.best_val, budget=long - searched.budget)
+            phase = Phase("finetune", d, s.peak_lr, best_val=searched.best_val, budget=long - made)
             net.load_state_at(d, weights[d])  # a resumed run skipped the phase that left them in the net
             optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
-        elif schedule:  # fast, a near miss (or a second look that points within reach): the long schedule, from
-            # the warm-up weights like the short look; three warm restarts read lower than one cycle as long
+        elif schedule:  # fast, a near miss: the long schedule, from the warm-up weights like the short look
             phase = Phase("finetune", d, start(net, d, False, warm, s))
             optimizer, generator = sgd(net.parameters_at(d), phase.lr, s), shuffler(s, phase)
         else:  # same optimizer; a phase a rule stopped before it converged is continued with its counters
@@ -718,7 +721,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
             if not reached:  # a near miss's long look: what the long schedule did to the error, measured
-                gain = gain if straight else min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
+                gain = gain if straight or looked is not phase else \
+                    min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal
                 straight = not reached and narrow(tuned[d])
         elif schedule and d < last:  # rejected on its look(s): a next depth predicted within reach would only

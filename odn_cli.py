@@ -341,11 +341,12 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
         least = this_phase + anneal * macs[d - 1]
         most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
             least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
-    else:  # a short or second look: a hit goes on for the rest of a long look's passes; a near miss (or a
-        # promising second look) has a whole long look
-        passes = 2 * short if epoch["phase"] == "relook" else short
-        least = this_phase + (long - passes + anneal) * macs[d - 1]
-        most = this_phase + long * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) + anneal * macs[plan["last"] - 1]
+    else:  # a short or second look: a hit goes on for the rest of a long look's passes; a near miss has a whole
+        # long look, a promising second look a long look's passes beyond the short look
+        relook = epoch["phase"] == "relook"
+        least = this_phase + (long - (2 * short if relook else short) + anneal) * macs[d - 1]
+        most = this_phase + (long - (short if relook else 0)) * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) \
+            + anneal * macs[plan["last"] - 1]
     per_mac = seconds_per_mac(plan, epoch)
     return least * per_mac, most * per_mac
 
@@ -365,7 +366,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     short, long, anneal = plan["short"], plan["long"], plan.get("anneal", 0)
     reach, slack = plan.get("reach", 2.0), plan.get("reach_slack", 1.3)
     looked, again, longs = (dict(seen.get(name, {})) for name in ("search", "relook", "finetune"))
-    gains = [(1 - longs[k]) / (1 - looked[k]) for k in longs if k in looked and looked[k] < 1]
+    # a long look's gain, as `odn.search` measures it: not where the long look went on from a second look
+    gains = [(1 - longs[k]) / (1 - looked[k]) for k in longs if k in looked and k not in again and looked[k] < 1]
     gain = min(gains) if gains else plan.get("gain_prior", 0.8)
     ratios = [(1 - again[k]) / (1 - looked[k]) for k in sorted(again) if k in looked and looked[k] < 1]
     ratio = ratios[-1] if ratios else RELOOK_PRIOR
@@ -426,8 +428,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             again[d] = 1 - error
             if error <= goal:
                 return (cost + (long - 2 * short + anneal) * m) * seconds_per_mac(plan, epoch)
-            if after_relook(d, error) <= slack * goal:  # promising: a long look started over
-                stage, error, cost = "long", after_relook(d, error), cost + long * m
+            if after_relook(d, error) <= slack * goal:  # promising: on for a long look's passes beyond the short look
+                stage, error, cost = "long", after_relook(d, error), cost + (long - short) * m
             else:
                 stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
             continue

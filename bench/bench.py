@@ -100,6 +100,16 @@ PROFILES = {
     "fashion_cnx_2k": dict(arch="convnext_atto", data="fashion_mnist", target=0.80, train=2000, val=1000,
                            settings=SMALL),
     "mnist_r26_2k": dict(arch="resnet26", data="mnist", target=0.95, train=2000, val=1000, settings=SMALL),
+    # held out, frozen 2026-12-03 (eighth session) before they first ran, after a second look that points within
+    # reach went on for a long look's passes beyond its short look: MobileNetV3-large (never tried), MobileNetV1 and
+    # ResNet-34 on Fashion-MNIST, ResNet-18 on 1,500 MNIST images
+    "fashion_mbv3l_2500": dict(arch="mobilenetv3_large_100", data="fashion_mnist", target=0.82, train=2500,
+                               val=1000, settings=SMALL),
+    "fashion_mbv1_2k": dict(arch="mobilenetv1_100", data="fashion_mnist", target=0.82, train=2000, val=1000,
+                            settings=SMALL),
+    "mnist_r18_1500": dict(arch="resnet18", data="mnist", target=0.93, train=1500, val=1000, settings=SMALL),
+    "fashion_r34_2k": dict(arch="resnet34", data="fashion_mnist", target=0.80, train=2000, val=1000,
+                           settings=SMALL),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),

@@ -679,8 +679,8 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
             # goes on alike for a long look's passes beyond its short look (the short look was only a probe): it
             # reads above the long look started over, which would throw both looks away
             long = schedule_epochs(Phase("finetune", d, 0), s, per_epoch)
-            made = searched.budget - (0 if searched.best_val >= goal else schedule_epochs(Phase("search", d, 0), s,
-                                                                                          per_epoch))
+            short = schedule_epochs(Phase("search", d, 0), s, per_epoch)
+            made = searched.budget if searched.best_val >= goal else searched.budget - short  # the passes it counts
             if long == made:
                 return searched  # it has had a long look's passes already
             phase = Phase("finetune", d, s.peak_lr, best_val=searched.best_val, budget=long - made)
@@ -720,7 +720,7 @@ def search(net: DepthNet, data: Data, s: Settings, on_event: Callable[[dict], ob
         # fast judges a near miss only after the long schedule, which is then also its fine-tune
         if reached or promising:
             tuned[d] = fine_tune(d, looked, optimizer, generator, continuing=not phase.converged)
-            if not reached:  # a near miss's long look: what the long schedule did to the error, measured
+            if not reached:  # a near miss's long look (not a continuation): what it did to the error, measured
                 gain = gain if straight or looked is not phase else \
                     min(gain or math.inf, (1 - tuned[d].best_val) / (1 - phase.best_val))
                 reached = tuned[d].best_val >= goal

@@ -631,7 +631,8 @@ def test_a_second_look_that_points_within_reach_goes_on_for_a_long_looks_passes_
         starts.clear(), ends.clear()
         torch.manual_seed(0)
         net = odn.DepthNet(TinyNet(depth=3), 2)
-        return odn.search(net, points_data(xor=True), s), net.state_at(1)
+        initial = net.state_at(1)
+        return odn.search(net, points_data(xor=True), s), initial
     # 50 % → 8 % from 25 to 50 passes points to 3.7 % by 67 (≤ 1.3 × 5 %): on for 42 passes from the second
     # look's weights (not the initial ones), which meets the target
     result, initial = run(relook=0.92, long=0.96)

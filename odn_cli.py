@@ -140,6 +140,17 @@ def time_training_steps(net: DepthNet, data: Data, s: Settings, depth: int, amp:
     return (time.perf_counter() - start) / max(seen, 1)
 
 
+def time_depths(net: DepthNet, data: Data, s: Settings, amp: bool, channels_last: bool, rounds: int = 3) -> dict:
+    """Seconds per image of a training step at the first depth and at the probe's, with the settings chosen, each the
+    best of `rounds` taken in turn: how an epoch's time grows with depth, for the time left (`epoch_costs`)."""
+    depths = sorted({s.start_depth, probe_depth(net, s)})
+    best = {d: math.inf for d in depths}
+    for _ in range(rounds if len(depths) > 1 else 0):
+        for d in depths:
+            best[d] = min(best[d], time_training_steps(net, data, s, d, amp, channels_last))
+    return {str(d): t for d, t in best.items() if t < math.inf}
+
+
 def cpu_model() -> str:
     """The CPU's model name (what `lscpu` shows): speed settings and timings depend on it."""
     try:
@@ -303,31 +314,47 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def search_plan(s: Settings, start: dict, images: int) -> dict | None:
-    """`fast`'s schedule ahead, from the search's `start` event: the most epochs each depth can still take."""
+def search_plan(s: Settings, start: dict, images: int, timed: dict | None = None) -> dict | None:
+    """`fast`'s schedule ahead, from the search's `start` event: the most epochs each depth can still take, and an
+    epoch's cost at each depth for the time left (`epoch_costs`, from the speed probe's `timed` depths)."""
     if STRATEGIES[s.strategy][2] is None:
         return None  # the plateau rule's phases have no length known in advance
     per_epoch = steps_per_epoch(images, s.batch_size, rank_and_world()[1])
     epochs = lambda name: schedule_epochs(Phase(name, 1, 0), s, per_epoch)
-    return {"macs": start["macs"], "params": start["params"], "start": s.start_depth, "last": start["last"],
+    return {"macs": start["macs"], "epoch_cost": epoch_costs(start["macs"], timed),
+            "params": start["params"], "start": s.start_depth, "last": start["last"],
             "goal": s.target - s.tolerance, "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
             "short": epochs("search"), "long": epochs("finetune"), "anneal": epochs("anneal"),
             "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior,
             "relook": s.relook and epochs("search") > s.short_epochs}
 
 
+def epoch_costs(macs: list, timed: dict | None) -> list:
+    """An epoch's cost at each depth, in multiply-adds: its own plus a part that does not grow with depth (the data,
+    per-layer and per-step overheads), read off the speed probe's seconds per image at two depths (`timed`,
+    {depth: seconds}); without them, its multiply-adds alone. An epoch is not ∝ multiply-adds everywhere: on an
+    AVX-512 EPYC in bf16, ResNet-34's depths 2 and 3 (2.0, 3.0 × depth 1's multiply-adds) took 1.4 and 2.1 × its
+    time, where here in fp32 depth 2 took 1.97 × (BENCHMARKS, ninth session)."""
+    (a, t_a), (b, t_b) = (sorted((int(d), t) for d, t in (timed or {}).items()) + [(0, 0.0)] * 2)[:2]
+    if not a or not b or macs[b - 1] <= macs[a - 1] or t_b <= t_a:
+        return list(macs)  # not timed at two depths, or a deeper depth timed no slower: noise
+    per_mac = (t_b - t_a) / (macs[b - 1] - macs[a - 1])
+    fixed = max(0.0, t_a / per_mac - macs[a - 1])
+    return [m + fixed for m in macs]
+
+
 def seconds_per_mac(plan: dict, epoch: dict) -> float:
-    """Seconds a training epoch takes per forward multiply-add of its depth, from the latest `epoch` event (a
+    """Seconds a training epoch takes per unit of its depth's cost (`epoch_costs`), from the latest `epoch` event (a
     warm-up epoch is one pass at its depth, feeding every head, over the warm-up's share of the images)."""
     share = plan.get("warmup_share", 1.0) if epoch["phase"] == "warmup" else 1.0
-    return epoch["seconds"] / (plan["macs"][epoch["depth"] - 1] * share)
+    return epoch["seconds"] / (plan.get("epoch_cost", plan["macs"])[epoch["depth"] - 1] * share)
 
 
 def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     """Seconds the search can still take (`fast`): at least (the depth in training now, or the first one
     after the warm-up, is the answer) and at most (every depth up to the last fails), from a `plan` event
-    and the latest `epoch` event: its measured epoch time, scaled by multiply-adds to the other depths."""
-    macs, d, short, long = plan["macs"], epoch["depth"], plan["short"], plan["long"]
+    and the latest `epoch` event: its measured epoch time, scaled by `epoch_costs` to the other depths."""
+    macs, d, short, long = plan.get("epoch_cost", plan["macs"]), epoch["depth"], plan["short"], plan["long"]
     this_phase = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
     tries = (short + long) * sum(macs[plan["start"] - 1:plan["last"]])
     anneal = plan.get("anneal", 0)
@@ -362,7 +389,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     (`gain_prior` before one is); on small data a second look's is its short look's × the ratio last measured
     (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished phases, {"search" | "relook" |
     "finetune": {depth: accuracy}}, and the short looks' validation curves, {"curve": {depth: [accuracy, …]}}."""
-    macs, params, goal, last = plan["macs"], plan["params"], 1 - plan["goal"], plan["last"]
+    macs, params, goal, last = plan.get("epoch_cost", plan["macs"]), plan["params"], 1 - plan["goal"], plan["last"]
     short, long, anneal = plan["short"], plan["long"], plan.get("anneal", 0)
     reach, slack = plan.get("reach", 2.0), plan.get("reach_slack", 1.3)
     looked, again, longs = (dict(seen.get(name, {})) for name in ("search", "relook", "finetune"))
@@ -504,7 +531,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
                 clock["said"] = now
             return stopping()
         if record["event"] == "start":
-            clock["plan"] = search_plan(s, record, len(data.train[1]))
+            clock["plan"] = search_plan(s, record, len(data.train[1]), (facts.get("speed") or {}).get("by_depth"))
             return
         if record["event"] == "epoch":
             history.write(json.dumps(record) + "\n")
@@ -1109,8 +1136,10 @@ def prepare_run(net: DepthNet, data: Data, s: Settings, options: dict, console) 
     first = rank_and_world()[0] == 0  # measured once, on rank 0: every rank then trains alike
     budget = from_rank_0(within_budget(net, odn.depth_costs(net, sample), sample, s.start_depth, options["max_params"],
                                        options["max_macs"], options["max_latency_ms"]) if first else None)
-    speed = from_rank_0(remembered_speed(net, data, s, options["arch"], options["amp"], options["channels_last"])
-                        if first else None)
+    speed = remembered_speed(net, data, s, options["arch"], options["amp"], options["channels_last"]) if first else None
+    if first and STRATEGIES[s.strategy][2] is not None:  # `fast`: how an epoch's time grows with depth
+        speed["by_depth"] = time_depths(net, data, s, speed["amp"], speed["channels_last"])
+    speed = from_rank_0(speed)
     how = {"timed": f"the fastest of {len(speed['seconds_per_image'])} timed, remembered in {speed['file']}",
            "remembered": f"remembered from an earlier timing on this machine in {speed['file']}"}.get(
         speed["source"], "as given")

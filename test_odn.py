@@ -1316,6 +1316,26 @@ def test_the_search_estimate_spans_this_depth_meeting_the_target_to_every_depth_
         5 * (2 * 2 + (8 - 2 * 3 + 2) * 2), 5 * (2 * 2 + (8 - 3) * 2 + (3 + 8) * 4 + 2 * 4))
 
 
+def test_the_time_left_scales_epochs_by_their_timed_growth_with_depth_not_by_multiply_adds_alone():
+    """An epoch has a part that does not grow with depth: the speed probe's seconds per image at two depths give
+    it, and the time left scales the epoch measured by that, not by multiply-adds alone (which it falls back to)."""
+    macs = [1, 2, 4]
+    # depth 1 timed at 2 s, depth 3 at 5 s: 1 s per multiply-add, and 1 s that does not grow → 2, 3, 5
+    assert odn_cli.epoch_costs(macs, {"1": 2.0, "3": 5.0}) == [2, 3, 5]
+    assert odn_cli.epoch_costs(macs, {"3": 5.0, "1": 2.0}) == [2, 3, 5]  # in any order
+    for untimed in (None, {}, {"1": 2.0}, {"1": 2.0, "3": 1.5}, {"1": 2.0, "3": 2.0}):  # one depth, or noise
+        assert odn_cli.epoch_costs(macs, untimed) == macs
+    assert odn_cli.epoch_costs(macs, {"1": 1.0, "3": 5.0}) == macs  # steeper than multiply-adds: no part below 0
+    s = odn.Settings(target=0.9, short_epochs=3, long_epochs=8, anneal_epochs=0)
+    plan = odn_cli.search_plan(s, {"macs": macs, "params": [10, 20, 40], "last": 3}, 1_000, {"1": 2.0, "3": 5.0})
+    assert plan["epoch_cost"] == [2, 3, 5] and plan["macs"] == macs
+    # depth 1's epoch took 4 s: 2 s a unit, so a depth-3 epoch is 5 × 2 s, not 4 × 4 s
+    epoch = {"phase": "finetune", "depth": 1, "epoch": 8, "budget": 8, "seconds": 4.0, "best_val": 0.5}
+    looks = plan["short"] + plan["long"]  # every deeper depth's two looks, at most
+    assert odn_cli.search_left(plan, epoch)[1] == 2 * looks * (3 + 5)
+    assert odn_cli.search_left({**plan, "epoch_cost": macs}, epoch)[1] == 4 * looks * (2 + 4)
+
+
 def test_the_forecast_replays_fasts_rules_on_readings_predicted_by_a_power_of_the_parameters():
     """The progress line's likely time left: a depth's short-look error is the latest reading × (params ratio)^−α
     (α = 0.5 until two depths are read, then fitted); a long look multiplies it by the measured gain (or
@@ -1621,6 +1641,7 @@ def test_two_runs_with_the_default_speed_settings_write_the_same_bytes(tmp_path,
     assert "the fastest of 4 timed, remembered in " in said[0] and "remembered from an earlier timing" in said[1]
     records = [json.loads((tmp_path / name / "odn.json").read_text()) for name in ("A", "B")]
     assert [r["speed"]["source"] for r in records] == ["timed", "remembered"]
+    assert all(set(r["speed"]["by_depth"]) == {"1", "2"} for r in records)  # for the time left: timed each run
     assert records[0]["speed"]["amp"] == records[1]["speed"]["amp"]
     assert records[0]["speed"]["channels_last"] == records[1]["speed"]["channels_last"]
     assert ("relook", 1) in [(p["name"], p["depth"]) for p in records[0]["phases"]]

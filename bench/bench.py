@@ -276,6 +276,49 @@ def table(profile: str, results: str = RESULTS) -> None:
               f"{ratio(r['flops'], recipe and recipe['flops'])} | {r['date']}, {r['cpu']}, {r['threads']} |")
 
 
+def own_recipe_flops(row: dict, grid: dict | None) -> float | None:
+    """The issue's oracle for a recorded row: its returned depth trained alone with the recipe the search gave it
+    (that depth's phases in the row, each from the initial weights as `fast` starts them), priced per epoch
+    as the grid trained that depth; None where the grid did not train it."""
+    trained = {r["depth"]: r for r in (grid or {}).get("rows", [])}
+    if row["depth"] not in trained:
+        return None
+    g = trained[row["depth"]]
+    epochs = sum(x["epochs"] if isinstance(x, dict) else x[2] for x in row["phases"]
+                 if (x["depth"] if isinstance(x, dict) else x[1]) == row["depth"])
+    return epochs * g["flops"] / g["epochs"]  # the grid's epochs count its anneal's
+
+
+@app.command()
+def summary(profiles: str = "", rows: str = "", results: str = RESULTS) -> None:
+    """One row per profile with a recorded `fast` row (the default; `--rows P=ROW,…` reads P-ROW.json instead): its
+    depth against the grid oracle's, test accuracy, cost ÷ the paper's protocol, ÷ the grid oracle (its depth
+    trained alone with one long look), ÷ its own recipe (the returned depth trained alone as the search trained it:
+    the issue's oracle) and ÷ the full depth trained alone with the same recipe."""
+    folder, chosen = Path(results), dict(pair.split("=") for pair in rows.split(",") if pair)
+    read = lambda name, row: json.loads((folder / f"{name}-{row}.json").read_text()) \
+        if (folder / f"{name}-{row}.json").exists() else None
+    ratio = lambda a, b: f"{a / b:.2f}" if b else "—"
+    print("| profile | oracle depth | fast depth | val | test | TFLOP | ÷ paper | ÷ grid oracle | ÷ own recipe | "
+          "÷ full depth | minutes | date, CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in profiles.split(",") if profiles else PROFILES:
+        r, grid, paper = read(name, chosen.get(name, "fast")), read(name, "grid"), read(name, "paper")
+        full = read(name, "baseline-fast")
+        if r is None:
+            continue
+        if "search_cost" in r:  # a CLI run's odn.json copied there (the full-scale profiles)
+            r = {**r, "val": r["val_accuracy"], "test": r["test_accuracy"], **r["search_cost"],
+                 "date": r.get("date", ""), "cpu": r.get("cpu", "")}
+        p, oracle = PROFILES[name], grid and grid.get("oracle_depth")
+        depth = f"{r['depth']}" + ("" if not oracle or r["depth"] == oracle else
+                                   " (shallower)" if r["depth"] < oracle else " (**deeper**)")
+        print(f"| {name} ({p['arch']}, {p['train'] or 'all'} images, {p['target']}) | {oracle or '—'} | {depth} | "
+              f"{r['val']:.2%} | {r['test']:.2%} | {r['flops'] / 1e12:.2f} | {ratio(r['flops'], paper and paper['flops'])} | "
+              f"{ratio(r['flops'], grid and grid.get('oracle_flops'))} | {ratio(r['flops'], own_recipe_flops(r, grid))} | "
+              f"{ratio(r['flops'], full and full['flops'])} | {r['seconds'] / 60:.1f} | {r['date']}, {r['cpu']} |")
+    print("\n`python bench/bench.py summary` (every recorded `fast` row; the grid: `bench.py grid --profile P`)")
+
+
 @app.command()
 def replay(histories: list[str], names: str = "paper,early", patience: int = 0, lr_patience: int = 0,
            target: float = 0.0) -> None:
@@ -419,7 +462,8 @@ def eta(run: str, every: int = 1) -> None:
     settings = odn.Settings(**{k: v for k, v in s.items() if k in odn.Settings.__dataclass_fields__})
     images = record["phases"][1]["images"] // record["phases"][1]["epochs"]  # a search epoch: every image once
     plan = odn_cli.search_plan(settings, {"macs": macs, "params": record["by_depth"]["params"],
-                                          "last": s["max_depth"] or record["max_depth"]}, images)
+                                          "last": s["max_depth"] or record["max_depth"]}, images,
+                                 (record.get("speed") or {}).get("by_depth"))
     epochs = [json.loads(line) for line in (Path(run) / "history.jsonl").read_text().splitlines()]
     epochs = [e for e in epochs if e["event"] == "epoch" and e["phase"] != "baseline"]
     elapsed, done, rows, seen, curves = 0.0, {}, [], {}, {}
@@ -526,6 +570,41 @@ def speed(images: int = 2560, depth: int = 1, data_dir: str = "", repeats: int =
                   f"{'bf16' if s.amp else '—'} | {best:.0f} | {best / timings['bare']:.2f} |", flush=True)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"ResNet-18 depth {depth}, MNIST 28×28, batch 128: `python bench/bench.py speed`")
+
+
+@app.command("epoch-cost")
+def epoch_cost(arch: str = "resnet34", data: str = "fashion_mnist", train: int = 10_000, val: int = 2_000,
+               depths: str = "1,2,3", amp: bool = False, channels_last: bool = True, data_dir: str = "") -> None:
+    """How an epoch's time grows with depth: the progress line's model (`odn_cli.epoch_costs`, from the speed
+    probe's timings at the first depth and the probe's) and plain multiply-adds, each scaled from the first
+    depth's measured epoch, against real epochs (`train` images one training pass, `val` images validated)."""
+    p = {"data": data, "train": train, "val": val}
+    dataset, split = load(p, data_dir or None)
+    net = fresh_net(arch, dataset).eval()
+    costs = odn.depth_costs(net, odn.normalise(split.train[0][:1], split.mean, split.std))
+    s = odn.Settings(amp=amp, channels_last=channels_last)
+    timed = odn_cli.time_depths(net, split, s, amp, channels_last)
+    model = odn_cli.epoch_costs(costs["macs"], timed)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    measured = {}
+    for d in [int(x) for x in depths.split(",")]:
+        optimizer = odn.sgd(net.parameters_at(d), 0.01, s)
+        start = time.perf_counter()
+        odn.train_epoch(lambda a, b: F.cross_entropy(net(a, d), b), optimizer, split, s, torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp), torch.no_grad():
+            odn.accuracy(lambda x: net.eval()(x, d), split.val, split)
+        net.train()
+        measured[d] = time.perf_counter() - start
+    first = min(measured)
+    print("| depth | multiply-adds ÷ depth 1's | epoch, measured | ÷ depth 1's | the model's ÷ | plain multiply-adds' ÷ |\n"
+          "|---|---|---|---|---|---|")
+    for d, seconds in measured.items():
+        print(f"| {d} | {costs['macs'][d - 1] / costs['macs'][first - 1]:.2f} | {seconds:.1f} s | "
+              f"{seconds / measured[first]:.2f} | {model[d - 1] / model[first - 1]:.2f} | "
+              f"{costs['macs'][d - 1] / costs['macs'][first - 1]:.2f} |")
+    print(f"\nprobe {timed}\n{machine()}, bf16 {amp}, channels-last {channels_last}: `python bench/bench.py epoch-cost "
+          f"--arch {arch} --data {data} --train {train} --val {val} --depths {depths}`")
 
 
 @app.command()

@@ -842,10 +842,6 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def size_mb(params: int) -> float:
-    return params * 4 / 2**20  # fp32, in MB of 2^20 bytes
-
-
 def forward_macs(model: Callable[[Tensor], Tensor], sample: Tensor) -> int:
     """Multiply-adds of one forward pass of one image (torch.utils.flop_counter, halved: the paper's fvcore
     counts a multiply-add as one FLOP, torch as two). Convolutions and linear layers only."""
@@ -992,6 +988,9 @@ def build(name: str, *, num_classes: int, in_chans: int, image_size: int, **kw) 
 
 
 if __name__ == "__main__":
-    import odn_cli
-
+    try:
+        import odn_cli
+    except ImportError as missing:  # copied alone, odn.py is the library; the command line is odn_cli.py
+        sys.exit(f"odn.py: the command line needs odn_cli.py beside it and its packages ({missing}); alone, "
+                 "odn.py is a library: import odn, then odn.search, odn.extract, odn.save")
     odn_cli.main()

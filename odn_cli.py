@@ -238,7 +238,7 @@ def report_rows(net: DepthNet, result: Result, data: Data) -> list[dict]:
         params = result.params[d - 1]
         table.append({
             "depth": d, "max_depth": net.max_depth, "kind": key if isinstance(key, str) else "search",
-            "params": params, "size_mb": odn.size_mb(params), "size_reduction": 1 - params / full_params,
+            "params": params, "size_mb": size_mb(params), "size_reduction": 1 - params / full_params,
             "macs": result.macs[d - 1], "latency_ms": latency_ms(model.eval(), sample),
             "val_accuracy": max(p.best_val for p in phases) if phases else None,
             "test_accuracy": accuracy(model, data.test, data) if phases and data.test is not None else None,
@@ -308,6 +308,10 @@ def report_table(rows: list[dict], record: dict):
     return table
 
 
+
+
+def size_mb(params: int) -> float:
+    return params * 4 / 2**20  # fp32, in MB of 2^20 bytes
 
 
 def duration(seconds: float) -> str:
@@ -1268,7 +1272,7 @@ def depth_table(name: str, net: DepthNet, in_chans: int, num_classes: int, image
     for column in ("depth", "params", "size MB", "MFLOPs"):
         table.add_column(column, justify="right")
     for d, (params, macs) in enumerate(zip(costs["params"], costs["macs"]), 1):
-        table.add_row(f"{d}/{net.max_depth}", f"{params:,}", f"{odn.size_mb(params):.2f}", f"{macs / 1e6:,.1f}")
+        table.add_row(f"{d}/{net.max_depth}", f"{params:,}", f"{size_mb(params):.2f}", f"{macs / 1e6:,.1f}")
     return table
 
 

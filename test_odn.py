@@ -975,6 +975,12 @@ def test_copied_file_works_alone(tmp_path):
         f"cannot load a network from mine: no archs beside odn.py in {tmp_path} (copied alone, odn.load needs your own "
         "build=)"]
     assert json.loads((tmp_path / "mine" / "odn.json").read_text())["note"] == "kept"
+    # run as the command line without odn_cli.py (hidden here: this environment installs it): one line, no traceback
+    alone = "import runpy, sys; sys.modules['odn_cli'] = None; runpy.run_path('odn.py', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", alone, "--arch", "resnet18"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("odn.py: the command line needs odn_cli.py beside it") and "odn.search" in done.stderr
 
 
 def test_odn_py_stands_alone_for_a_copier():

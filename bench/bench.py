@@ -300,7 +300,7 @@ def summary(profiles: str = "", rows: str = "", results: str = RESULTS) -> None:
         if (folder / f"{name}-{row}.json").exists() else None
     ratio = lambda a, b: f"{a / b:.2f}" if b else "—"
     print("| profile | oracle depth | fast depth | val | test | TFLOP | ÷ paper | ÷ grid oracle | ÷ own recipe | "
-          "÷ full depth | minutes | date, CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "÷ full depth | minutes | date, CPU, precision |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in profiles.split(",") if profiles else PROFILES:
         r, grid, paper = read(name, chosen.get(name, "fast")), read(name, "grid"), read(name, "paper")
         full = read(name, "baseline-fast")
@@ -315,7 +315,8 @@ def summary(profiles: str = "", rows: str = "", results: str = RESULTS) -> None:
         print(f"| {name} ({p['arch']}, {p['train'] or 'all'} images, {p['target']}) | {oracle or '—'} | {depth} | "
               f"{r['val']:.2%} | {r['test']:.2%} | {r['flops'] / 1e12:.2f} | {ratio(r['flops'], paper and paper['flops'])} | "
               f"{ratio(r['flops'], grid and grid.get('oracle_flops'))} | {ratio(r['flops'], own_recipe_flops(r, grid))} | "
-              f"{ratio(r['flops'], full and full['flops'])} | {r['seconds'] / 60:.1f} | {r['date']}, {r['cpu']} |")
+              f"{ratio(r['flops'], full and full['flops'])} | {r['seconds'] / 60:.1f} | {r['date']}, {r['cpu']}, "
+              f"{'bf16' if (r.get('speed') or {}).get('amp') else 'fp32'} |")
     print("\n`python bench/bench.py summary` (every recorded `fast` row; the grid: `bench.py grid --profile P`)")
 
 

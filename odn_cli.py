@@ -338,7 +338,7 @@ def epoch_costs(macs: list, timed: dict | None) -> list:
     per-layer and per-step overheads), read off the speed probe's seconds per image at two depths (`timed`,
     {depth: seconds}); without them, its multiply-adds alone. An epoch is not ∝ multiply-adds everywhere: on an
     AVX-512 EPYC in bf16, ResNet-34's depths 2 and 3 (2.0, 3.0 × depth 1's multiply-adds) took 1.4 and 2.1 × its
-    time, where here in fp32 depth 2 took 1.97 × (BENCHMARKS, ninth session)."""
+    time, where on an AVX2 EPYC in fp32 they took 1.90 and 2.77 × (BENCHMARKS, ninth session)."""
     (a, t_a), (b, t_b) = (sorted((int(d), t) for d, t in (timed or {}).items()) + [(0, 0.0)] * 2)[:2]
     if not a or not b or macs[b - 1] <= macs[a - 1] or t_b <= t_a:
         return list(macs)  # not timed at two depths, or a deeper depth timed no slower: noise

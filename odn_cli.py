@@ -347,7 +347,7 @@ def epoch_costs(macs: list, timed: dict | None) -> list:
     return [m + fixed for m in macs]
 
 
-def seconds_per_mac(plan: dict, epoch: dict) -> float:
+def seconds_per_unit(plan: dict, epoch: dict) -> float:
     """Seconds a training epoch takes per unit of its depth's cost (`epoch_costs`), from the latest `epoch` event (a
     warm-up epoch is one pass at its depth, feeding every head, over the warm-up's share of the images)."""
     share = plan.get("warmup_share", 1.0) if epoch["phase"] == "warmup" else 1.0
@@ -358,27 +358,27 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     """Seconds the search can still take (`fast`): at least (the depth in training now, or the first one
     after the warm-up, is the answer) and at most (every depth up to the last fails), from a `plan` event
     and the latest `epoch` event: its measured epoch time, scaled by `epoch_costs` to the other depths."""
-    macs, d, short, long = plan.get("epoch_cost", plan["macs"]), epoch["depth"], plan["short"], plan["long"]
-    this_phase = (epoch["budget"] - epoch["epoch"]) * macs[d - 1]
-    tries = (short + long) * sum(macs[plan["start"] - 1:plan["last"]])
+    work, d, short, long = plan.get("epoch_cost", plan["macs"]), epoch["depth"], plan["short"], plan["long"]  # an epoch per depth
+    this_phase = (epoch["budget"] - epoch["epoch"]) * work[d - 1]
+    tries = (short + long) * sum(work[plan["start"] - 1:plan["last"]])
     anneal = plan.get("anneal", 0)
     if epoch["phase"] == "warmup":  # least: the first depth's short look meets the target, then its top-ups
-        least = most = (plan["warmup_epochs"] - epoch["epoch"]) * macs[d - 1] * plan.get("warmup_share", 1.0)
-        least += (long + anneal) * macs[plan["start"] - 1]
-        most += tries + anneal * macs[plan["last"] - 1]  # the anneal at the deepest depth, at most
+        least = most = (plan["warmup_epochs"] - epoch["epoch"]) * work[d - 1] * plan.get("warmup_share", 1.0)
+        least += (long + anneal) * work[plan["start"] - 1]
+        most += tries + anneal * work[plan["last"] - 1]  # the anneal at the deepest depth, at most
     elif epoch["phase"] == "anneal":
         least = most = this_phase
     elif epoch["phase"] == "finetune":
-        least = this_phase + anneal * macs[d - 1]
+        least = this_phase + anneal * work[d - 1]
         most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
-            least + (short + long) * sum(macs[d:plan["last"]]) + anneal * (macs[plan["last"] - 1] - macs[d - 1])
+            least + (short + long) * sum(work[d:plan["last"]]) + anneal * (work[plan["last"] - 1] - work[d - 1])
     else:  # a short or second look: a hit goes on for the rest of a long look's passes; a near miss has a whole
         # long look, a promising second look a long look's passes beyond the short look
         relook = epoch["phase"] == "relook"
-        least = this_phase + (long - (2 * short if relook else short) + anneal) * macs[d - 1]
-        most = this_phase + (long - (short if relook else 0)) * macs[d - 1] + (short + long) * sum(macs[d:plan["last"]]) \
-            + anneal * macs[plan["last"] - 1]
-    per_mac = seconds_per_mac(plan, epoch)
+        least = this_phase + (long - (2 * short if relook else short) + anneal) * work[d - 1]
+        most = this_phase + (long - (short if relook else 0)) * work[d - 1] + (short + long) * sum(work[d:plan["last"]]) \
+            + anneal * work[plan["last"] - 1]
+    per_mac = seconds_per_unit(plan, epoch)
     return least * per_mac, most * per_mac
 
 
@@ -393,7 +393,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     (`gain_prior` before one is); on small data a second look's is its short look's × the ratio last measured
     (`RELOOK_PRIOR` before one is). `seen` holds the readings of finished phases, {"search" | "relook" |
     "finetune": {depth: accuracy}}, and the short looks' validation curves, {"curve": {depth: [accuracy, …]}}."""
-    macs, params, goal, last = plan.get("epoch_cost", plan["macs"]), plan["params"], 1 - plan["goal"], plan["last"]
+    work, params, goal, last = plan.get("epoch_cost", plan["macs"]), plan["params"], 1 - plan["goal"], plan["last"]
     short, long, anneal = plan["short"], plan["long"], plan.get("anneal", 0)
     reach, slack = plan.get("reach", 2.0), plan.get("reach_slack", 1.3)
     looked, again, longs = (dict(seen.get(name, {})) for name in ("search", "relook", "finetune"))
@@ -420,10 +420,10 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
 
     # the phase in training now: what is left of it, and the reading it will end on (measured at its end)
     d, name, ended = epoch["depth"], epoch["phase"], epoch["epoch"] >= epoch["budget"]
-    cost = (epoch["budget"] - epoch["epoch"]) * macs[d - 1] * (plan.get("warmup_share", 1.0) if name == "warmup" else 1)
+    cost = (epoch["budget"] - epoch["epoch"]) * work[d - 1] * (plan.get("warmup_share", 1.0) if name == "warmup" else 1)
     measured, straight = 1 - epoch.get("best_val", 0.0), False
     if name == "anneal":
-        return cost * seconds_per_mac(plan, epoch)
+        return cost * seconds_per_unit(plan, epoch)
     if name == "warmup":
         stage, d = "next", plan["start"]
     elif name == "search":
@@ -438,16 +438,16 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     while True:  # `odn.search`'s rules, phase by phase, on predicted readings
         if stage == "next":
             if d > last:
-                return (cost + anneal * macs[last - 1]) * seconds_per_mac(plan, epoch)
+                return (cost + anneal * work[last - 1]) * seconds_per_unit(plan, epoch)
             if straight:  # the long look at once, after a narrow miss
-                stage, error, cost = "long", short_error(d) * gain, cost + long * macs[d - 1]
+                stage, error, cost = "long", short_error(d) * gain, cost + long * work[d - 1]
                 continue
             error = 1 - looked[d] if d in looked else short_error(d)
-            looked[d], stage, cost = 1 - error, "short", cost + short * macs[d - 1]
-        m = macs[d - 1]
+            looked[d], stage, cost = 1 - error, "short", cost + short * work[d - 1]
+        m = work[d - 1]
         if stage == "short":
             if error <= goal:  # a hit: the rest of a long look's passes, then the anneal
-                return (cost + (long - short + anneal) * m) * seconds_per_mac(plan, epoch)
+                return (cost + (long - short + anneal) * m) * seconds_per_unit(plan, epoch)
             if within_reach(error):  # a near miss: its long look
                 stage, error, cost = "long", error * gain, cost + long * m
             elif plan.get("relook") and d not in again:  # small data: a second look from the first's weights
@@ -458,14 +458,14 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
         if stage == "relook":
             again[d] = 1 - error
             if error <= goal:
-                return (cost + (long - 2 * short + anneal) * m) * seconds_per_mac(plan, epoch)
+                return (cost + (long - 2 * short + anneal) * m) * seconds_per_unit(plan, epoch)
             if after_relook(d, error) <= slack * goal:  # promising: on for a long look's passes beyond the short look
                 stage, error, cost = "long", after_relook(d, error), cost + (long - short) * m
             else:
                 stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
             continue
         if error <= goal:  # a long look that meets the target: the anneal, and the search ends
-            return (cost + anneal * m) * seconds_per_mac(plan, epoch)
+            return (cost + anneal * m) * seconds_per_unit(plan, epoch)
         stage, d, straight = "next", d + 1, error <= slack * goal
 
 

@@ -151,14 +151,19 @@ def time_depths(net: DepthNet, data: Data, s: Settings, amp: bool, channels_last
     return {str(d): t for d, t in best.items() if t < math.inf}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (what `lscpu` shows): speed settings and timings depend on it."""
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as `lscpu` names it, with its family, model and the vector unit torch's kernels use: speed settings
+    and timings depend on them, and one name ("AMD EPYC") covers CPUs where bf16 trains 2× faster and 10× slower."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
+        first = cpuinfo.read_text().split("\n\n")[0].splitlines()
+        info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first)}
+        name, detail = info["model name"], [f"family {info.get('cpu family', '?')} model {info.get('model', '?')}"]
+    except (OSError, KeyError):
         import platform
-        return platform.processor() or platform.machine()
+        name, detail = platform.processor() or platform.machine(), []
+    detail += [capability] if capability else []
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def from_rank_0(value):
@@ -382,6 +387,16 @@ def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     return least * per_mac, most * per_mac
 
 
+def reading_exponent(short: Phase) -> float:
+    """α to predict what a deeper depth will read, from `short`'s last epoch, where the one-cycle anneals and the
+    error falls as fast as the depth lets it (e ∝ passes^−2α, second-last epoch to last); the search's own α
+    (`odn.scaling_exponent`, first epoch to last) where the last epoch did not improve."""
+    curve, n = short.val_curve, len(short.val_curve)
+    if n > 1 and 1 - curve[-2] > 1 - curve[-1] > 0:
+        return min(2.0, math.log((1 - curve[-2]) / (1 - curve[-1])) / math.log(n / (n - 1)) / 2)
+    return odn.scaling_exponent(short)
+
+
 RELOOK_PRIOR = 0.5  # a second look's error ÷ its short look's until one is measured (0.32–0.83 on bench's profiles)
 
 
@@ -402,15 +417,17 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
     gain = min(gains) if gains else plan.get("gain_prior", 0.8)
     ratios = [(1 - again[k]) / (1 - looked[k]) for k in sorted(again) if k in looked and looked[k] < 1]
     ratio = ratios[-1] if ratios else RELOOK_PRIOR
-    curves = seen.get("curve", {})  # α as the search takes it, from the latest short look measured
-    alpha = odn.scaling_exponent(Phase("search", 1, 0, best_val=looked[max(curves)], val_curve=curves[max(curves)])
-                                 if curves else Phase("search", 1, 0))
+    curves = {k: c for k, c in seen.get("curve", {}).items() if k in looked}  # short looks measured (and ended)
+    latest = Phase("search", 1, 0, best_val=looked[max(curves)], val_curve=curves[max(curves)]) if curves else \
+        Phase("search", 1, 0)
+    alpha, reading_alpha = odn.scaling_exponent(latest), reading_exponent(latest)  # the search's; the readings'
 
-    def short_error(depth: int) -> float:
+    def short_error(depth: int, exponent: float | None = None) -> float:
         read = sorted(k for k in looked if k < depth and looked[k] < 1)
         if not read:  # nothing read yet: this depth's latest reading stands for its short look
             return 1 - epoch.get("val_acc", 0.0)
-        return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -alpha
+        exponent = reading_alpha if exponent is None else exponent
+        return (1 - looked[read[-1]]) * (params[depth - 1] / params[read[-1] - 1]) ** -exponent
 
     def within_reach(error: float) -> bool:  # `odn.within_reach`
         return error <= reach * goal and error * gain <= slack * goal
@@ -453,7 +470,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             elif plan.get("relook") and d not in again:  # small data: a second look from the first's weights
                 stage, error, cost = "relook", error * ratio, cost + short * m
             else:  # rejected: a next depth predicted within reach gets its long look at once
-                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
+                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1, alpha))
             continue
         if stage == "relook":
             again[d] = 1 - error
@@ -462,7 +479,7 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             if after_relook(d, error) <= slack * goal:  # promising: on for a long look's passes beyond the short look
                 stage, error, cost = "long", after_relook(d, error), cost + (long - short) * m
             else:
-                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1))
+                stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1, alpha))
             continue
         if error <= goal:  # a long look that meets the target: the anneal, and the search ends
             return (cost + anneal * m) * seconds_per_unit(plan, epoch)
@@ -482,6 +499,17 @@ def remember(seen: dict, record: dict) -> None:
     seen.setdefault(record["name"], {})[record["depth"]] = record["best_val"]
     if record["name"] == "search":
         seen.setdefault("curve", {})[record["depth"]] = list(record.get("val_curve", []))
+
+
+def remember_epoch(seen: dict, record: dict) -> None:
+    """A short look's curve as it grows, and its reading once its schedule has ended: the search decides on it
+    then, before the phase is recorded, and so does the forecast."""
+    if record["phase"] == "search":
+        curve = seen.setdefault("curve", {}).setdefault(record["depth"], [])
+        del curve[record["epoch"] - 1:]  # a resumed run trains an epoch again
+        curve.append(record["val_acc"])
+        if record.get("budget") and record["epoch"] >= record["budget"]:
+            seen.setdefault("search", {})[record["depth"]] = record["best_val"]
 
 
 def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, facts: dict, console,
@@ -550,6 +578,7 @@ def run_with_progress(net: DepthNet, data: Data, s: Settings, out_dir: Path, fac
                 phase_eta = f" · ≥ {left} epochs (≥ {duration(left * seconds)}) to converge"
             since = f" best {record['best_val']:.4f} · {record['since_best']}/{s.patience} w/o gain" \
                 if "best_val" in record and not record.get("budget") else ""
+            remember_epoch(seen, record)
             if clock.get("plan") and record["phase"] in ("warmup", "search", "relook", "finetune", "anneal") and record.get("seconds"):
                 least, most = search_left(clock["plan"], record)
                 likely = min(max(search_forecast(clock["plan"], seen, record), least), most)

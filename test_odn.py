@@ -1191,6 +1191,21 @@ def test_a_timed_speed_choice_is_remembered_per_machine_and_network(monkeypatch,
     assert len(json.loads((tmp_path / "speed.json").read_text())) == 4
 
 
+def test_a_speed_choice_is_not_shared_between_cpus_of_one_model_name(tmp_path):
+    """Two of this project's machines both call themselves "AMD EPYC"; on one bf16 trains 2× faster, on the other
+    10× slower. The CPU named in the speed key (and in odn.json) carries family, model and torch's vector unit."""
+    zen3, zen5 = tmp_path / "zen3", tmp_path / "zen5"
+    for path, family in ((zen3, 25), (zen5, 26)):
+        path.write_text(f"processor\t: 0\ncpu family\t: {family}\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
+                        "processor\t: 1\nmodel name\t: AMD EPYC\n")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert odn_cli.cpu_model(zen3) == f"AMD EPYC (family 25 model 1, {capability})"
+    assert odn_cli.cpu_model(zen3) != odn_cli.cpu_model(zen5)
+    assert odn_cli.cpu_model(tmp_path / "missing").endswith(f"({capability})")  # no /proc: the platform's name
+    net, data = speed_probe_inputs()
+    assert odn_cli.speed_key(net, data, odn.Settings(), "tiny").startswith(odn_cli.cpu_model() + " | cpu | ")
+
+
 def test_a_near_tie_keeps_plain_fp32_and_a_partial_choice_is_not_remembered(monkeypatch, tmp_path):
     monkeypatch.setenv("ODN_CACHE", str(tmp_path / "fresh"))  # a fresh cache: nothing remembered yet
     net, data = speed_probe_inputs()
@@ -1397,6 +1412,37 @@ def test_the_forecast_takes_alpha_from_how_fast_the_latest_short_look_fell_with_
     assert seen == fast
     assert odn_cli.evidence({"journal": [({"name": "search", "depth": 1, "best_val": 0.88,
                                            "val_curve": [0.52, 0.88]}, None)]}) == fast
+
+
+def test_the_forecast_predicts_readings_from_the_short_looks_last_epoch_and_decides_as_the_search_does():
+    """A deeper depth's reading is predicted with α from the latest short look's last epoch (`reading_exponent`: the
+    one-cycle's anneal, where the error falls as fast as the depth lets it); whether the search takes that depth's
+    long look at once stays the search's own call, with its α (`odn.scaling_exponent`). At a look's last epoch the
+    forecast already has that look's curve (`remember_epoch`): the search decides then, not at the phase event."""
+    look = lambda curve: odn.Phase("search", 1, 0.2, best_val=curve[-1], val_curve=curve)
+    mnist = [0.8621, 0.9342, 0.9773]  # full-scale MNIST's depth-1 look: 13.79 → 6.58 → 2.27 % error
+    assert odn_cli.reading_exponent(look(mnist)) == pytest.approx(math.log(6.58 / 2.27) / math.log(1.5) / 2)  # 1.31
+    assert odn.scaling_exponent(look(mnist)) == pytest.approx(math.log(13.79 / 2.27) / math.log(3) / 2)  # 0.82
+    dipped = look([0.80, 0.88, 0.87])  # a last epoch that did not improve: the search's α
+    assert odn_cli.reading_exponent(dipped) == odn.scaling_exponent(dipped)
+    plan = {"macs": [1, 2, 4, 8], "params": [1, 2, 4, 8], "start": 1, "last": 4, "goal": 0.99, "warmup_epochs": 0,
+            "short": 3, "long": 8, "anneal": 2, "reach": 2.0, "reach_slack": 1.3, "gain_prior": 0.8}
+    seen: dict = {}
+    for epoch, val in enumerate(mnist, 1):
+        record = {"phase": "search", "depth": 1, "epoch": epoch, "budget": 3, "seconds": 10.0, "val_acc": val,
+                  "best_val": val}
+        odn_cli.remember_epoch(seen, record)
+    assert seen == {"curve": {1: mnist}, "search": {1: 0.9773}}
+    # 2.27 % misses out of reach (> 2 %). The search's α puts depth 2 at 2.27 × 2^−0.82 = 1.29 %, within reach: its
+    # long look at once. Read with α 1.31 it ends at 2.27 × 2^−1.31 × 0.8 = 0.73 %, a hit: 8 + 2 epochs at depth 2
+    assert odn_cli.search_forecast(plan, seen, record) == pytest.approx(10 * (8 + 2) * 2)
+    # read with the search's α it would end at 1.03 %, a narrow miss, and depth 3's long look would follow
+    slow = {"curve": {1: [0.8621, 0.9773, 0.9773]}, "search": {1: 0.9773}}  # no fall in the last epoch: α 0.82
+    assert odn_cli.search_forecast(plan, slow, record) == pytest.approx(10 * (8 * 2 + (8 + 2) * 4))
+    # a look half done reads as before: its curve is not the latest measured until its schedule ends
+    halfway = {"curve": {1: mnist[:2]}}
+    odn_cli.remember_epoch(halfway, {**record, "epoch": 2, "val_acc": 0.9342})
+    assert "search" not in halfway and halfway["curve"] == {1: mnist[:2]}
 
 
 def test_the_forecast_replays_the_second_look_on_small_data():

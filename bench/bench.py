@@ -110,6 +110,17 @@ PROFILES = {
     "mnist_r18_1500": dict(arch="resnet18", data="mnist", target=0.93, train=1500, val=1000, settings=SMALL),
     "fashion_r34_2k": dict(arch="resnet34", data="fashion_mnist", target=0.80, train=2000, val=1000,
                            settings=SMALL),
+    # held out, frozen 2026-12-08 (tenth session) before they first ran, on the rule of 79752a4 (unchanged since):
+    # sizes between the profiles above (1,000 and 4,000 images), MobileNetV3-large on MNIST, EfficientNet-B0 on
+    # Fashion-MNIST, ResNet-50 on 1,000 MNIST images, MobileNetV2 on the 8×8 digits
+    "fashion_r18_4k": dict(arch="resnet18", data="fashion_mnist", target=0.84, train=4000, val=1000,
+                           settings=SMALL),
+    "mnist_mbv3l_3k": dict(arch="mobilenetv3_large_100", data="mnist", target=0.95, train=3000, val=1000,
+                           settings=SMALL),
+    "fashion_effb0_3k": dict(arch="efficientnet_b0", data="fashion_mnist", target=0.80, train=3000, val=1000,
+                             settings=SMALL),
+    "mnist_r50_1k": dict(arch="resnet50", data="mnist", target=0.90, train=1000, val=1000, settings=SMALL),
+    "digits_mbv2": dict(arch="mobilenetv2_100", data="digits", target=0.95, train=0, val=0, settings=dict()),
     # the paper's own rows at full scale (for `grid --depths`: a depth, or the full network, trained alone)
     "mnist_full": dict(arch="resnet18", data="mnist", target=0.99, train=0, val=0,
                        settings=dict(amp=None, channels_last=None)),
@@ -473,6 +484,7 @@ def eta(run: str, every: int = 1) -> None:
         elapsed += e["seconds"] * e["epoch"] - done.get(key, 0.0)
         done[key] = e["seconds"] * e["epoch"]
         curves[key] = curves.get(key, [])[:e["epoch"] - 1] + [e["val_acc"]]
+        odn_cli.remember_epoch(seen, e)
         likely = odn_cli.search_forecast(plan, seen, e)  # what the line said, with the evidence it had then
         rows.append((e, elapsed, *odn_cli.search_left(plan, e), likely))
         if e["phase"] in ("search", "relook", "finetune") and e["epoch"] >= e["budget"]:  # its record, as the CLI

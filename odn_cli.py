@@ -334,6 +334,7 @@ def search_plan(s: Settings, start: dict, images: int, timed: dict | None = None
             "params": start["params"], "start": s.start_depth, "last": start["last"],
             "goal": s.target - s.tolerance, "warmup_epochs": s.warmup_epochs, "warmup_share": warmup_images(s, images) / images,
             "short": epochs("search"), "long": epochs("finetune"), "anneal": epochs("anneal"),
+            "anneal_gain": s.anneal_gain ** (epochs("anneal") / s.anneal_epochs) if epochs("anneal") else 1.0,
             "reach": s.reach, "reach_slack": s.reach_slack, "gain_prior": s.gain_prior,
             "relook": s.relook and epochs("search") > s.short_epochs}
 
@@ -361,28 +362,28 @@ def seconds_per_unit(plan: dict, epoch: dict) -> float:
 
 def search_left(plan: dict, epoch: dict) -> tuple[float, float]:
     """Seconds the search can still take (`fast`): at least (the depth in training now, or the first one
-    after the warm-up, is the answer) and at most (every depth up to the last fails), from a `plan` event
-    and the latest `epoch` event: its measured epoch time, scaled by `epoch_costs` to the other depths."""
+    after the warm-up, is the answer) and at most (every depth up to the last fails, each after its anneal), from
+    a `plan` event and the latest `epoch` event: its measured epoch time, scaled by `epoch_costs` to the other depths."""
     work, d, short, long = plan.get("epoch_cost", plan["macs"]), epoch["depth"], plan["short"], plan["long"]  # an epoch per depth
     this_phase = (epoch["budget"] - epoch["epoch"]) * work[d - 1]
-    tries = (short + long) * sum(work[plan["start"] - 1:plan["last"]])
     anneal = plan.get("anneal", 0)
+    deeper = (short + long + anneal) * sum(work[d:plan["last"]])  # every depth after this one, tried in full
+    hit = epoch.get("best_val", 0.0) >= plan.get("goal", math.inf)
     if epoch["phase"] == "warmup":  # least: the first depth's short look meets the target, then its top-ups
         least = most = (plan["warmup_epochs"] - epoch["epoch"]) * work[d - 1] * plan.get("warmup_share", 1.0)
         least += (long + anneal) * work[plan["start"] - 1]
-        most += tries + anneal * work[plan["last"] - 1]  # the anneal at the deepest depth, at most
-    elif epoch["phase"] == "anneal":
-        least = most = this_phase
+        most += (short + long + anneal) * sum(work[plan["start"] - 1:plan["last"]])
+    elif epoch["phase"] == "anneal":  # the answer's, or a miss's (then deeper depths may follow)
+        least = this_phase
+        most = least if hit else least + deeper
     elif epoch["phase"] == "finetune":
         least = this_phase + anneal * work[d - 1]
-        most = least if epoch["best_val"] >= plan.get("goal", math.inf) else \
-            least + (short + long) * sum(work[d:plan["last"]]) + anneal * (work[plan["last"] - 1] - work[d - 1])
+        most = least if hit else least + deeper
     else:  # a short or second look: a hit goes on for the rest of a long look's passes; a near miss has a whole
         # long look, a promising second look a long look's passes beyond the short look
         relook = epoch["phase"] == "relook"
         least = this_phase + (long - (2 * short if relook else short) + anneal) * work[d - 1]
-        most = this_phase + (long - (short if relook else 0)) * work[d - 1] + (short + long) * sum(work[d:plan["last"]]) \
-            + anneal * work[plan["last"] - 1]
+        most = this_phase + (long - (short if relook else 0) + anneal) * work[d - 1] + deeper
     per_mac = seconds_per_unit(plan, epoch)
     return least * per_mac, most * per_mac
 
@@ -481,8 +482,8 @@ def search_forecast(plan: dict, seen: dict, epoch: dict) -> float:
             else:
                 stage, d, straight = "next", d + 1, d < last and within_reach(short_error(d + 1, alpha))
             continue
-        if error <= goal:  # a long look that meets the target: the anneal, and the search ends
-            return (cost + anneal * m) * seconds_per_unit(plan, epoch)
+        if error * plan.get("anneal_gain", 1.0) <= goal:  # a long look that meets the target, or that its anneal
+            return (cost + anneal * m) * seconds_per_unit(plan, epoch)  # will lift to it: the anneal, the end
         stage, d, straight = "next", d + 1, error <= slack * goal
 
 

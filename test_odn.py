@@ -501,6 +501,48 @@ def test_after_a_narrow_miss_the_next_depth_gets_its_long_look_at_once(monkeypat
                                                              ("anneal", 3)]
 
 
+def test_a_long_look_that_its_anneal_would_lift_to_the_target_gets_the_anneal_before_its_depth_is_rejected(
+        monkeypatch):
+    """The oracle, and the answer, are judged after their anneal: a long look that misses by less than an anneal
+    usually gains (its error × `anneal_gain` ≤ the target's) gets the anneal now. If that meets the target, the
+    depth is the answer (annealed once); if not, the search goes on as after any narrow miss."""
+    readings = {("search", 1): 0.50, ("search", 2): 0.92, ("finetune", 2): 0.948, ("anneal", 2): 0.953,
+                ("finetune", 3): 0.96, ("anneal", 3): 0.965}
+    monkeypatch.setattr(odn, "train_phase", scripted_training(readings))
+    s = odn.Settings(target=0.95, strategy="fast", min_steps=1)  # 3-epoch looks, 8-epoch long looks, anneal 4
+    search = lambda: odn.search(odn.DepthNet(TinyNet(depth=3), 2), points_data(xor=True), s)
+    result = search()  # depth 2's long look: 5.2 % error × 0.93 = 4.8 % ≤ 5 %: its anneal now, a hit
+    assert [(p.name, p.depth, p.epochs) for p in result.phases] == [
+        ("search", 1, 3), ("search", 2, 3), ("finetune", 2, 8), ("anneal", 2, 4)]
+    assert result.depth == 2 and result.target_reached and result.val_accuracy == 0.953
+    readings["anneal", 2] = 0.949  # the anneal falls short: a narrow miss, so depth 3's long look at once
+    result = search()
+    assert [(p.name, p.depth) for p in result.phases] == [
+        ("search", 1), ("search", 2), ("finetune", 2), ("anneal", 2), ("finetune", 3), ("anneal", 3)]
+    assert result.depth == 3 and result.val_accuracy == 0.965
+    readings["finetune", 2] = 0.945  # 5.5 % × 0.93 = 5.1 % > 5 %: no anneal for depth 2
+    assert [(p.name, p.depth) for p in search().phases][2:] == [("finetune", 2), ("finetune", 3), ("anneal", 3)]
+    # the gain is per `anneal_epochs` passes: an anneal cut to one pass by a stretched long look gains less, and
+    # one cut to none (small data: the long look is already as long) is never run
+    long = odn.Phase("finetune", 2, 0.2, best_val=0.948)
+    assert odn.anneal_reaches(long, s, steps_per_epoch=100)
+    stretched = dataclasses.replace(s, min_steps=100)
+    assert odn.anneal_phase(2, 0.948, stretched, 31).budget == 1  # 4-epoch looks, 11-epoch long looks
+    assert not odn.anneal_reaches(long, stretched, steps_per_epoch=31)  # 5.2 % × 0.93^¼ = 5.1 % > 5 %
+    assert odn.anneal_phase(2, 0.948, stretched, 16).budget == 0  # 7-epoch looks, 19-epoch long looks
+    assert not odn.anneal_reaches(odn.Phase("finetune", 2, 0.2, best_val=0.9499), stretched, steps_per_epoch=16)
+    with pytest.raises(ValueError, match="--anneal-gain 1.5 is out of range"):
+        odn.Settings(anneal_gain=1.5).check()
+    # the time left replays it: depth 2's long look ended at 5.2 %, so its anneal (4 epochs at 2 units, 10 s a
+    # unit) is all that is left; the plan carries the gain for the anneal's budget
+    plan = odn_cli.search_plan(s, {"macs": [1, 2, 4], "params": [6, 162, 1218], "last": 3}, 1_000_000)
+    assert plan["anneal"] == 4 and plan["anneal_gain"] == pytest.approx(0.93)
+    ended = {"phase": "finetune", "depth": 2, "epoch": 8, "budget": 8, "seconds": 20.0, "best_val": 0.948}
+    seen = {"search": {1: 0.50, 2: 0.92}, "finetune": {2: 0.948}}
+    assert odn_cli.search_forecast(plan, seen, ended) == pytest.approx(10 * 4 * 2)
+    assert odn_cli.search_forecast({**plan, "anneal_gain": 1.0}, seen, ended) > 10 * 4 * 2  # depth 3 would follow
+
+
 def test_a_depth_predicted_within_reach_by_the_look_before_gets_its_long_look_at_once(monkeypatch):
     """A depth rejected on its short look predicts the next one's: its error × (params ratio)^−α, α half how fast
     its own curve fell with its passes (0.5 where it did not fall). A next depth predicted within reach would only
@@ -1326,15 +1368,18 @@ def test_the_search_estimate_spans_this_depth_meeting_the_target_to_every_depth_
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * 7 * 2, 5 * 7 * 2)
     warm = {"phase": "warmup", "depth": 3, "epoch": 1, "budget": 1, "seconds": 40.0}  # every depth still ahead
     assert odn_cli.search_left(plan, warm) == (10 * 8 * 1, 10 * (3 + 8) * (1 + 2 + 4))
-    plan["anneal"] = 2  # --anneal-epochs: 2 more epochs at the chosen depth — at most the deepest
-    assert odn_cli.search_left(plan, warm) == (10 * (8 + 2) * 1, 10 * ((3 + 8) * (1 + 2 + 4) + 2 * 4))
+    plan["anneal"] = 2  # --anneal-epochs: 2 more epochs at the chosen depth, and at most at every depth missed
+    assert odn_cli.search_left(plan, warm) == (10 * (8 + 2) * 1, 10 * (3 + 8 + 2) * (1 + 2 + 4))
     assert odn_cli.search_left(plan, {**finetune, "best_val": 0.95}) == (5 * (7 + 2) * 2, 5 * (7 + 2) * 2)
-    assert odn_cli.search_left(plan, {**finetune, "best_val": 0.5}) == (5 * (7 + 2) * 2, 5 * (7 * 2 + (3 + 8) * 4 + 2 * 4))
-    assert odn_cli.search_left(plan, {**search, "phase": "anneal", "budget": 2}) == (5 * 1 * 2, 5 * 1 * 2)
+    assert odn_cli.search_left(plan, {**finetune, "best_val": 0.5}) == (5 * (7 + 2) * 2, 5 * ((7 + 2) * 2 + (3 + 8 + 2) * 4))
+    assert odn_cli.search_left(plan, {**search, "phase": "anneal", "budget": 2, "best_val": 0.95}) == (5 * 1 * 2, 5 * 1 * 2)
+    # a miss's anneal (below the target): deeper depths may follow it
+    assert odn_cli.search_left(plan, {**search, "phase": "anneal", "budget": 2, "best_val": 0.5}) == (
+        5 * 1 * 2, 5 * (1 * 2 + (3 + 8 + 2) * 4))
     # a second look: a hit goes on for the passes a long look has left after two looks; a promising miss for a
     # long look's passes beyond the short look
     assert odn_cli.search_left(plan, {**search, "phase": "relook"}) == (
-        5 * (2 * 2 + (8 - 2 * 3 + 2) * 2), 5 * (2 * 2 + (8 - 3) * 2 + (3 + 8) * 4 + 2 * 4))
+        5 * (2 * 2 + (8 - 2 * 3 + 2) * 2), 5 * (2 * 2 + (8 - 3 + 2) * 2 + (3 + 8 + 2) * 4))
 
 
 def test_the_time_left_scales_epochs_by_their_timed_growth_with_depth_not_by_multiply_adds_alone():
